@@ -1,0 +1,278 @@
+"""Value types shared by every stage: positions, tables, changes and batches. Imports nothing from the package."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar, Final
+
+import pyarrow as pa
+
+__all__ = [
+    "UNCHANGED",
+    "Begin",
+    "ChangeBatch",
+    "Column",
+    "Commit",
+    "Keepalive",
+    "Lsn",
+    "Op",
+    "PartialTxn",
+    "RelationChanged",
+    "RowChange",
+    "SourceEvent",
+    "TableId",
+    "TablePatch",
+    "TablePosition",
+    "TableSchema",
+    "Truncate",
+    "Unchanged",
+    "Value",
+    "pg_time_to_datetime",
+]
+
+_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def pg_time_to_datetime(micros: int) -> datetime:
+    """Convert a wire timestamp (microseconds since 2000-01-01 UTC) to an aware datetime."""
+    return PG_EPOCH + timedelta(microseconds=micros)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Lsn:
+    """A WAL position. ``Lsn.parse("16/B374D848")`` and ``str(lsn)`` round-trip."""
+
+    value: int
+
+    ZERO: ClassVar[Lsn]
+
+    @classmethod
+    def parse(cls, text: str) -> Lsn:
+        m = _LSN_RE.match(text.strip())
+        if m is None:
+            raise ValueError(f"not an LSN: {text!r} (expected the form 16/B374D848)")
+        return cls((int(m.group(1), 16) << 32) | int(m.group(2), 16))
+
+    def __str__(self) -> str:
+        return f"{self.value >> 32:X}/{self.value & 0xFFFFFFFF:X}"
+
+    def __int__(self) -> int:
+        return self.value
+
+
+Lsn.ZERO = Lsn(0)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TableId:
+    """A source table, schema-qualified."""
+
+    schema: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> TableId:
+        schema, dot, name = text.partition(".")
+        if not dot:
+            return cls("public", text)
+        if not schema or not name or "." in name:
+            raise ValueError(f"not a table name: {text!r} (expected schema.table)")
+        return cls(schema, name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One source column as the catalog or a pgoutput Relation message describes it."""
+
+    name: str
+    type_oid: int
+    type_modifier: int = -1
+    is_key: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TableSchema:
+    """A source table's columns in attribute order, its key columns and replica identity."""
+
+    table: TableId
+    columns: tuple[Column, ...]
+    replica_identity: str = "d"  # d default (pk), f full, i index, n nothing
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.is_key)
+
+    @property
+    def key_positions(self) -> tuple[int, ...]:
+        return tuple(i for i, c in enumerate(self.columns) if c.is_key)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+class Op(enum.StrEnum):
+    """What a change does to a row; the value is what ``_cdc_op`` holds in Delta."""
+
+    SNAPSHOT = "r"
+    INSERT = "c"
+    UPDATE = "u"
+    DELETE = "d"
+
+
+class Unchanged(enum.Enum):
+    """Marker for a TOASTed column that pgoutput sent as 'unchanged': keep the value the target has."""
+
+    TOKEN = 0
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Final = Unchanged.TOKEN
+
+# A column value as the stream carries it: PostgreSQL's text output (bytes), NULL, or unchanged TOAST.
+Value = bytes | None | Unchanged
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PartialTxn:
+    """Inside one large transaction: its changes up to ``seq`` (inclusive) are applied."""
+
+    commit_lsn: Lsn
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class TablePosition:
+    """What a Delta table durably holds: every transaction ending at or before ``lsn``, plus ``partial``.
+
+    ``lsn`` is the end LSN of the last fully applied transaction: a transaction whose commit LSN is
+    below it is already in the table.
+    """
+
+    lsn: Lsn
+    partial: PartialTxn | None = None
+
+    def holds(self, commit_lsn: Lsn, seq: int) -> bool:
+        """True when the change ``seq`` of the transaction committed at ``commit_lsn`` is applied."""
+        if commit_lsn < self.lsn:
+            return True
+        p = self.partial
+        return p is not None and p.commit_lsn == commit_lsn and seq <= p.seq
+
+    def covers(self, other: TablePosition) -> bool:
+        """True when everything a batch ending at ``other`` carries is already held."""
+        if other.partial is None:
+            return self.lsn >= other.lsn
+        p = other.partial
+        return self.holds(p.commit_lsn, p.seq) and self.lsn >= other.lsn
+
+
+# ---- events a source emits, in commit order -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """A transaction starts; ``commit_lsn`` is the LSN of its commit record."""
+
+    xid: int
+    commit_lsn: Lsn
+    commit_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RelationChanged:
+    """The layout of a table's tuples from now on (sent before the first change that uses it)."""
+
+    relation_id: int
+    schema: TableSchema
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One row-level change inside the current transaction, values aligned with the table's columns.
+
+    ``new`` is the row after the change (None for a delete); ``old`` the old key or the whole old
+    row (REPLICA IDENTITY FULL) when the server sent one, else None.
+    """
+
+    table: TableId
+    op: Op
+    new: tuple[Value, ...] | None
+    old: tuple[Value, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    """TRUNCATE of these tables inside the current transaction."""
+
+    tables: tuple[TableId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """The transaction opened by the last Begin committed; ``end_lsn`` is just past its commit record."""
+
+    commit_lsn: Lsn
+    end_lsn: Lsn
+    commit_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """The server has sent everything before ``wal_end``; nothing in flight may be confirmed up to it."""
+
+    wal_end: Lsn
+
+
+SourceEvent = Begin | RelationChanged | RowChange | Truncate | Commit | Keepalive
+
+
+# ---- batches -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TablePatch:
+    """The collapsed changes of one table in one batch.
+
+    ``rows`` holds the last change per key in stream order: the source columns as PostgreSQL text
+    (Arrow ``binary``), ``_cdc_lsn`` (int64 commit LSN), ``_cdc_op``, ``_cdc_committed_at`` and,
+    for each name in ``unchanged_columns``, a bool column ``__unchanged__<name>`` that is true where
+    the target must keep its value. ``truncate`` means: empty the table, then apply ``rows``.
+    """
+
+    schema: TableSchema
+    rows: pa.Table
+    truncate: bool = False
+    unchanged_columns: tuple[str, ...] = ()
+    changes: int = 0  # changes received before collapsing
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """Whole transactions in commit order (and possibly the head of one large transaction).
+
+    After the batch is applied, each touched table holds ``TablePosition(end, partial)``. ``end``
+    is the end LSN of the last complete transaction in the batch and is what may be confirmed.
+    """
+
+    tables: Mapping[TableId, TablePatch]
+    end: Lsn
+    partial: PartialTxn | None = None
+    transactions: int = 0
+    last_commit_time: datetime | None = None
+    batch_id: int = 0
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def position(self) -> TablePosition:
+        return TablePosition(self.end, self.partial)
