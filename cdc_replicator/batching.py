@@ -1,0 +1,331 @@
+"""Group whole transactions into ChangeBatches: commit order, last change per key, bounded size. Pure.
+
+Rules (the ones a replay after a crash relies on):
+- A batch closes only at a transaction boundary, when a row, byte or time limit is reached; a single
+  transaction larger than ``max_rows`` is cut into several batches, each marked with
+  ``PartialTxn(commit_lsn, seq)`` so a table can tell which of its changes it already holds.
+- ``seq`` numbers the row changes of a transaction from 1 in stream order; the server sends a
+  committed transaction the same way every time, so (commit LSN, seq) names a change across replays.
+- Per table, only the last change of each key survives (stream order, not per-change WAL LSN).
+  An UPDATE that changes the key first deletes the old key. A column sent as "unchanged TOAST"
+  takes the value of an earlier change of the same key in the batch, or stays marked so the merge
+  keeps the target's value. TRUNCATE drops what the table buffered and marks the patch.
+- Changes that a table already holds (``TablePosition.holds``) are dropped on the way in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pyarrow as pa
+
+from cdc_replicator.errors import DecodeError
+from cdc_replicator.model import (
+    UNCHANGED,
+    Begin,
+    ChangeBatch,
+    Commit,
+    Lsn,
+    Op,
+    PartialTxn,
+    RelationChanged,
+    RowChange,
+    TableId,
+    TablePatch,
+    TablePosition,
+    TableSchema,
+    Truncate,
+    Value,
+)
+
+__all__ = ["UNCHANGED_PREFIX", "BatchLimits", "Batcher"]
+
+UNCHANGED_PREFIX = "__unchanged__"
+_TS_UTC = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    max_rows: int = 100_000
+    max_bytes: int = 256 * 1024 * 1024
+    max_seconds: float = 2.0
+
+
+@dataclass(slots=True)
+class _TableBuffer:
+    schema: TableSchema
+    columns: list[list[Value]]
+    ops: list[str] = field(default_factory=list)
+    lsns: list[int] = field(default_factory=list)
+    times: list[datetime] = field(default_factory=list)
+    last: dict[tuple[Value, ...], int] = field(default_factory=dict)
+    truncate: bool = False
+    changes: int = 0
+    unchanged: set[int] = field(default_factory=set)
+
+    @classmethod
+    def empty(cls, schema: TableSchema) -> _TableBuffer:
+        return cls(schema, [[] for _ in schema.columns])
+
+    def clear(self) -> None:
+        self.columns = [[] for _ in self.schema.columns]
+        self.ops.clear()
+        self.lsns.clear()
+        self.times.clear()
+        self.last.clear()
+        self.unchanged.clear()
+
+    def add(self, op: Op, key: tuple[Value, ...], values: tuple[Value, ...], lsn: int, at: datetime) -> None:
+        prev = self.last.get(key)
+        if prev is not None and UNCHANGED in values:
+            values = tuple(
+                self.columns[i][prev] if v is UNCHANGED and self.ops[prev] != Op.DELETE else v
+                for i, v in enumerate(values)
+            )
+        idx = len(self.ops)
+        for i, v in enumerate(values):
+            if v is UNCHANGED:
+                self.unchanged.add(i)
+            self.columns[i].append(v)
+        self.ops.append(op.value)
+        self.lsns.append(lsn)
+        self.times.append(at)
+        self.last[key] = idx
+        self.changes += 1
+
+    def patch(self) -> TablePatch:
+        keep = sorted(self.last.values())
+        names = self.schema.column_names
+        arrays: dict[str, pa.Array] = {}
+        unchanged_names: list[str] = []
+        for i, name in enumerate(names):
+            col = self.columns[i]
+            values = [col[j] for j in keep]
+            if i in self.unchanged:
+                flags = [v is UNCHANGED for v in values]
+                if any(flags):
+                    unchanged_names.append(name)
+                    arrays[UNCHANGED_PREFIX + name] = pa.array(flags, pa.bool_())
+                values = [None if v is UNCHANGED else v for v in values]
+            arrays[name] = pa.array(values, pa.binary())
+        rows = pa.table(
+            {
+                **{n: arrays[n] for n in names},
+                "_cdc_lsn": pa.array([self.lsns[j] for j in keep], pa.int64()),
+                "_cdc_op": pa.array([self.ops[j] for j in keep], pa.string()),
+                "_cdc_committed_at": pa.array([self.times[j] for j in keep], _TS_UTC),
+                **{UNCHANGED_PREFIX + n: arrays[UNCHANGED_PREFIX + n] for n in unchanged_names},
+            }
+        )
+        return TablePatch(self.schema, rows, self.truncate, tuple(unchanged_names), self.changes)
+
+
+class Batcher:
+    """Feed it source events in order; it returns a ChangeBatch whenever one closes."""
+
+    def __init__(
+        self,
+        limits: BatchLimits,
+        schemas: Mapping[TableId, TableSchema],
+        positions: Mapping[TableId, TablePosition] | None = None,
+        *,
+        start: Lsn = Lsn.ZERO,
+        clock: Callable[[], float],
+    ) -> None:
+        self._limits = limits
+        self._schemas = dict(schemas)
+        self._positions = dict(positions or {})
+        self._clock = clock
+        self._buffers: dict[TableId, _TableBuffer] = {}
+        self._rows = 0
+        self._bytes = 0
+        self._opened_at: float | None = None  # clock when the batch got its first transaction
+        self._end: Lsn | None = None  # end of the last complete transaction in the open batch
+        self._last_end = start  # end of the last complete transaction seen at all
+        self._txns = 0
+        self._last_commit_time: datetime | None = None
+        self._partial: PartialTxn | None = None  # set while a cut transaction spans batches
+        self._txn: Begin | None = None
+        self._seq = 0
+        self._skip: frozenset[TableId] = frozenset()
+        self._batch_id = 0
+
+    # ---- state ---------------------------------------------------------------------------
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._txn is not None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is open and nothing is waiting to be applied."""
+        return self._txn is None and self._end is None and not self._buffers
+
+    def schema(self, table: TableId) -> TableSchema | None:
+        return self._schemas.get(table)
+
+    # ---- events ---------------------------------------------------------------------------
+
+    def add(self, event: Begin | RowChange | Truncate | Commit | RelationChanged) -> ChangeBatch | None:
+        if isinstance(event, RowChange):
+            return self._change(event)
+        if isinstance(event, Begin):
+            if self._txn is not None:
+                raise DecodeError(f"Begin of xid {event.xid} inside the open xid {self._txn.xid}")
+            self._txn = event
+            self._seq = 0
+            if self._opened_at is None:
+                self._opened_at = self._clock()
+            self._skip = frozenset(
+                t
+                for t, p in self._positions.items()
+                if event.commit_lsn < p.lsn or (p.partial is not None and p.partial.commit_lsn == event.commit_lsn)
+            )
+            return None
+        if isinstance(event, Commit):
+            txn = self._require_txn("Commit")
+            if event.commit_lsn != txn.commit_lsn:
+                raise DecodeError(f"Commit at {event.commit_lsn} does not match Begin at {txn.commit_lsn}")
+            self._txn = None
+            self._partial = None
+            self._end = event.end_lsn
+            self._last_end = event.end_lsn
+            self._txns += 1
+            self._last_commit_time = event.commit_time
+            if self._full() or self._expired():
+                return self._close()
+            return None
+        if isinstance(event, Truncate):
+            txn = self._require_txn("Truncate")
+            self._seq += 1
+            for table in event.tables:
+                if table in self._skip and self._positions[table].holds(txn.commit_lsn, self._seq):
+                    continue
+                buf = self._buffer(table)
+                self._rows -= len(buf.ops)
+                buf.clear()
+                buf.truncate = True
+                buf.changes += 1
+            return None
+        if isinstance(event, RelationChanged):
+            self._relation(event)
+            return None
+        raise TypeError(f"unexpected event {type(event).__name__}")
+
+    def poll(self) -> ChangeBatch | None:
+        """Close the batch on time when no transaction is open (call it when the source is quiet)."""
+        if self._txn is None and self._end is not None and self._expired():
+            return self._close()
+        return None
+
+    def flush(self) -> ChangeBatch | None:
+        """Close whatever complete transactions are pending (shutdown, idle confirm)."""
+        if self._txn is None and self._end is not None:
+            return self._close()
+        return None
+
+    def discard_open_transaction(self) -> None:
+        """Forget the open transaction (the stream broke); only valid when nothing of it was emitted."""
+        self._txn = None
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _require_txn(self, what: str) -> Begin:
+        if self._txn is None:
+            raise DecodeError(f"{what} outside a transaction")
+        return self._txn
+
+    def _relation(self, event: RelationChanged) -> None:
+        schema = event.schema
+        old = self._schemas.get(schema.table)
+        buf = self._buffers.get(schema.table)
+        if buf is not None and buf.ops and old is not None and old.columns != schema.columns:
+            raise DecodeError(
+                f"the columns of {schema.table} changed inside a batch",
+                hint="schema changes are handled at batch boundaries; restart resumes safely",
+            )
+        self._schemas[schema.table] = schema
+        if buf is not None:
+            buf.schema = schema
+
+    def _buffer(self, table: TableId) -> _TableBuffer:
+        buf = self._buffers.get(table)
+        if buf is None:
+            schema = self._schemas.get(table)
+            if schema is None:
+                raise DecodeError(f"change for {table} before its schema is known")
+            buf = self._buffers[table] = _TableBuffer.empty(schema)
+        return buf
+
+    def _change(self, ch: RowChange) -> ChangeBatch | None:
+        txn = self._require_txn("row change")
+        self._seq += 1
+        if ch.table in self._skip and self._positions[ch.table].holds(txn.commit_lsn, self._seq):
+            return None
+        buf = self._buffer(ch.table)
+        kpos = buf.schema.key_positions
+        lsn = txn.commit_lsn.value
+        at = txn.commit_time
+        if ch.op is Op.DELETE:
+            old = ch.old
+            if old is None:
+                raise DecodeError(f"delete on {ch.table} without an old key")
+            key = tuple(old[i] for i in kpos)
+            buf.add(Op.DELETE, key, tuple(v if i in kpos else None for i, v in enumerate(old)), lsn, at)
+            size = sum(len(v) for v in key if isinstance(v, bytes))
+        else:
+            new = ch.new
+            if new is None:
+                raise DecodeError(f"{ch.op.name.lower()} on {ch.table} without a new row")
+            if len(new) != len(buf.schema.columns):
+                raise DecodeError(f"row of {ch.table} has {len(new)} columns, expected {len(buf.schema.columns)}")
+            key = tuple(new[i] for i in kpos)
+            if ch.op is Op.UPDATE and ch.old is not None:
+                old_key = tuple(ch.old[i] for i in kpos)
+                if old_key != key and UNCHANGED not in old_key:
+                    stub = tuple(ch.old[i] if i in kpos else None for i in range(len(new)))
+                    buf.add(Op.DELETE, old_key, stub, lsn, at)
+                    self._rows += 1
+            buf.add(ch.op, key, new, lsn, at)
+            size = sum(len(v) for v in new if isinstance(v, bytes))
+        self._rows += 1
+        self._bytes += size + 16 * len(buf.schema.columns)
+        if self._rows >= self._limits.max_rows or self._bytes >= self._limits.max_bytes:
+            return self._cut(txn)
+        return None
+
+    def _cut(self, txn: Begin) -> ChangeBatch:
+        """Close a batch inside a large transaction: its changes so far become a partial position."""
+        self._partial = PartialTxn(txn.commit_lsn, self._seq)
+        batch = self._close()
+        self._opened_at = self._clock()
+        return batch
+
+    def _full(self) -> bool:
+        return self._rows >= self._limits.max_rows or self._bytes >= self._limits.max_bytes
+
+    def _expired(self) -> bool:
+        return self._opened_at is not None and self._clock() - self._opened_at >= self._limits.max_seconds
+
+    def _close(self) -> ChangeBatch:
+        self._batch_id += 1
+        # a batch holding only the head of a large transaction ends where the last complete one did
+        end = self._end if self._end is not None else self._last_end
+        tables = {t: b.patch() for t, b in self._buffers.items() if b.ops or b.truncate}
+        batch = ChangeBatch(
+            tables=tables,
+            end=end,
+            partial=self._partial,
+            transactions=self._txns,
+            last_commit_time=self._last_commit_time,
+            batch_id=self._batch_id,
+        )
+        self._buffers.clear()
+        self._rows = 0
+        self._bytes = 0
+        self._opened_at = None
+        self._end = None
+        self._txns = 0
+        return batch

@@ -1,0 +1,139 @@
+"""Command line: run / snapshot / status / demo. Maps ReplicatorError to its exit code; no logic here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import click
+
+from cdc_replicator import __version__
+from cdc_replicator.config import Config, load_config
+from cdc_replicator.errors import ReplicatorError
+from cdc_replicator.log import setup_logging
+
+__all__ = ["main"]
+
+logger = logging.getLogger("cdc_replicator")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _errors_to_exit(fn: Callable[P, R]) -> Callable[P, R]:
+    """Print a ReplicatorError as one clear message (plus its hint) and exit with its code."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ReplicatorError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"  hint: {exc.hint}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+def _load(ctx: click.Context) -> Config:
+    path: Path | None = ctx.obj["config_path"]
+    cfg = load_config(path)
+    setup_logging(ctx.obj["log_level"] or cfg.log.level, cfg.log.format)
+    return cfg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cdc-replicator")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="CDC_REPLICATOR_CONFIG",
+    help="TOML config file (env CDC_REPLICATOR_CONFIG). Without it, every key comes from CDC_REPLICATOR_* variables.",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> None:
+    """Copy PostgreSQL tables into Delta Lake tables and keep them in step, exactly once."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+    ctx.obj["log_level"] = log_level
+
+
+@cli.command()
+@click.pass_context
+@_errors_to_exit
+def run(ctx: click.Context) -> None:
+    """Stream changes into Delta (loading every table first on the first run)."""
+    from cdc_replicator.daemon import install_signal_handlers
+    from cdc_replicator.pipeline import Replicator
+
+    cfg = _load(ctx)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    rep = Replicator(cfg, stop=stop)
+    try:
+        rep.run()
+    finally:
+        rep.close()
+    logger.info("stopped cleanly")
+
+
+@cli.command()
+@click.pass_context
+@_errors_to_exit
+def snapshot(ctx: click.Context) -> None:
+    """Re-sync every table: recreate the slot and reload all tables (stop the daemon first)."""
+    from cdc_replicator.pipeline import Replicator
+
+    cfg = _load(ctx)
+    rep = Replicator(cfg)
+    try:
+        rep.resync_all()
+    finally:
+        rep.close()
+    click.echo(f"re-synced {len(cfg.tables)} table(s); start the daemon with: cdc-replicator run")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@_errors_to_exit
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Where each table stands (read from the Delta commits and the source), whether or not a daemon runs."""
+    from cdc_replicator.status import collect_status
+
+    cfg = _load(ctx)
+    report = collect_status(cfg)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    slot = report["slot"]
+    click.echo(f"slot {cfg.source.slot}: {slot}")
+    for row in report["tables"]:
+        click.echo(f"  {row['table']:<40} position={row['position']} rows={row['rows']}")
+
+
+@cli.command()
+@click.option("--dir", "workdir", type=click.Path(path_type=Path, file_okay=False), default=Path("./cdc-demo"),
+              show_default=True, help="Where the demo keeps its lake and state.")
+@click.option("--seconds", type=float, default=0.0, help="Stop after this long (0 = until Ctrl-C).")
+@click.option("--pg-version", type=click.Choice(["15", "16"]), default=None,
+              help="Which local PostgreSQL binaries to use (default: the newest found).")
+@_errors_to_exit
+def demo(workdir: Path, seconds: float, pg_version: str | None) -> None:
+    """Quickstart: a throwaway local PostgreSQL with live sample changes, replicated into ./cdc-demo/lake."""
+    from cdc_replicator.demo import run_demo
+
+    run_demo(workdir, seconds=seconds, pg_version=int(pg_version) if pg_version else None)
+
+
+def main() -> None:
+    cli(prog_name="cdc-replicator")

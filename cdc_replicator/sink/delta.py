@@ -1,0 +1,285 @@
+"""Delta I/O: create tables, apply a patch as one MERGE, with the source position in the same commit.
+
+Positions are Delta transaction identifiers (``txn`` actions) of three app ids per table:
+``cdc-replicator/<slot>/<table>`` holds the end LSN of the last fully applied source transaction,
+``…#partial-lsn`` / ``…#partial-seq`` the head of a large transaction applied so far (0 = none).
+They are written by the same commit as the data, so data and position never disagree.
+Version 0 of the main app id means "no position" (a load in progress).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import DeltaError, TableNotFoundError
+
+from cdc_replicator.errors import SinkError
+from cdc_replicator.model import Lsn, Op, PartialTxn, TableId, TablePatch, TablePosition, TableSchema
+from cdc_replicator.sink.plan import plan_merge, target_schema, typed_columns
+
+__all__ = ["ApplyResult", "DeltaSink"]
+
+logger = logging.getLogger(__name__)
+
+_TS_UTC = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    table: TableId
+    version: int
+    inserted: int
+    updated: int
+    deleted: int
+    truncated: bool
+
+
+class DeltaSink:
+    """One Delta table per source table under ``root``; positions live in the tables' commits.
+
+    Contract: ``apply`` commits rows and position in one Delta commit, never moves a position
+    backwards, and is a no-op for a position the table already holds. Single writer: two
+    processes writing the same table make one of them fail with a SinkError.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        slot: str,
+        storage_options: Mapping[str, str] | None = None,
+        soft_delete: Iterable[TableId] = (),
+        target_file_size: int | None = None,
+    ) -> None:
+        self._root = root if "://" in root else os.path.abspath(root)
+        self._slot = slot
+        self._opts = dict(storage_options or {})
+        self._soft = frozenset(soft_delete)
+        self._file_size = target_file_size
+        self._tables: dict[TableId, DeltaTable] = {}
+
+    # ---- addressing ----------------------------------------------------------------------
+
+    def uri(self, table: TableId) -> str:
+        sep = "/" if "://" in self._root else os.sep
+        return f"{self._root.rstrip('/')}{sep}{table.schema}{sep}{table.name}"
+
+    def app_id(self, table: TableId) -> str:
+        return f"cdc-replicator/{self._slot}/{table}"
+
+    def _txns(self, table: TableId, pos: TablePosition) -> list[Transaction]:
+        app = self.app_id(table)
+        p = pos.partial
+        return [
+            Transaction(app, pos.lsn.value),
+            Transaction(f"{app}#partial-lsn", p.commit_lsn.value if p else 0),
+            Transaction(f"{app}#partial-seq", p.seq if p else 0),
+        ]
+
+    def _props(self, table: TableId, pos: TablePosition, extra: Mapping[str, str]) -> CommitProperties:
+        meta = {"cdc.lsn": str(pos.lsn), **extra}
+        if pos.partial:
+            meta["cdc.partial"] = f"{pos.partial.commit_lsn}:{pos.partial.seq}"
+        return CommitProperties(app_transactions=self._txns(table, pos), custom_metadata=meta)
+
+    def _open(self, table: TableId) -> DeltaTable | None:
+        dt = self._tables.get(table)
+        if dt is not None:
+            dt.update_incremental()
+            return dt
+        try:
+            dt = DeltaTable(self.uri(table), storage_options=self._opts or None)
+        except TableNotFoundError:
+            return None
+        except (DeltaError, OSError) as exc:
+            raise SinkError(f"cannot open the Delta table of {table} at {self.uri(table)}", retryable=True) from exc
+        self._tables[table] = dt
+        return dt
+
+    # ---- positions -----------------------------------------------------------------------
+
+    def position(self, table: TableId) -> TablePosition | None:
+        """What the table durably holds, read from its Delta log; None if it has no position."""
+        dt = self._open(table)
+        if dt is None:
+            return None
+        app = self.app_id(table)
+        lsn = dt.transaction_version(app)
+        if not lsn:
+            return None
+        plsn = dt.transaction_version(f"{app}#partial-lsn") or 0
+        pseq = dt.transaction_version(f"{app}#partial-seq") or 0
+        partial = PartialTxn(Lsn(plsn), pseq) if plsn else None
+        return TablePosition(Lsn(lsn), partial)
+
+    def exists(self, table: TableId) -> bool:
+        return self._open(table) is not None
+
+    # ---- initial / full loads ------------------------------------------------------------
+
+    def load(
+        self,
+        schema: TableSchema,
+        batches: Iterable[pa.RecordBatch | pa.Table],
+        *,
+        position: Lsn,
+        loaded_at: datetime,
+        chunk_rows: int = 1_000_000,
+    ) -> int:
+        """Replace the table with the given rows (PostgreSQL text), then record ``position``.
+
+        The first commit overwrites the table and clears its position, so a load cut short by a
+        crash is never mistaken for a complete one; the last commit sets the position.
+        """
+        table = schema.table
+        soft = table in self._soft
+        tschema = target_schema(schema, soft_delete=soft)
+        cleared = TablePosition(Lsn.ZERO)
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        total = 0
+        first = True
+
+        def write(data: pa.Table, pos: TablePosition, mode: str) -> None:
+            props = self._props(table, pos, {"cdc.op": "load"})
+            try:
+                if mode == "overwrite":
+                    write_deltalake(
+                        self.uri(table),
+                        data,
+                        mode="overwrite",
+                        schema_mode="overwrite",
+                        storage_options=self._opts or None,
+                        configuration=self._configuration(),
+                        commit_properties=props,
+                    )
+                else:
+                    write_deltalake(
+                        self.uri(table), data, mode="append", storage_options=self._opts or None, commit_properties=props
+                    )
+            except (DeltaError, OSError) as exc:
+                raise SinkError(f"writing the load of {table} to {self.uri(table)} failed") from exc
+
+        def flush(pos: TablePosition) -> None:
+            nonlocal pending, pending_rows, first
+            data = pa.concat_tables(pending) if pending else tschema.empty_table()
+            write(data, pos, "overwrite" if first else "append")
+            first = False
+            pending, pending_rows = [], 0
+
+        for chunk in batches:
+            n = chunk.num_rows
+            if n == 0:
+                continue
+            cols = typed_columns(schema, chunk)
+            meta: list[pa.Array] = [
+                pa.array([position.value] * n, pa.int64()),
+                pa.array([Op.SNAPSHOT.value] * n, pa.string()),
+                pa.array([loaded_at] * n, _TS_UTC),
+            ]
+            if soft:
+                meta.append(pa.array([False] * n, pa.bool_()))
+            pending.append(pa.Table.from_arrays([*cols, *meta], schema=tschema))
+            pending_rows += n
+            total += n
+            if pending_rows >= chunk_rows:
+                flush(cleared)
+        flush(TablePosition(position))
+        self._tables.pop(table, None)
+        logger.info("table loaded table=%s rows=%d position=%s", table, total, position)
+        return total
+
+    def _configuration(self) -> dict[str, str | None] | None:
+        if self._file_size:
+            return {"delta.targetFileSize": str(self._file_size)}
+        return None
+
+    # ---- streaming -----------------------------------------------------------------------
+
+    def apply(self, patch: TablePatch, position: TablePosition, *, batch_id: int = 0) -> ApplyResult | None:
+        """Commit the patch and ``position`` together; None when the table already held it."""
+        table = patch.schema.table
+        dt = self._open(table)
+        if dt is None:
+            raise SinkError(
+                f"the Delta table of {table} does not exist at {self.uri(table)}",
+                hint="it is created by the initial load; re-sync with: cdc-replicator --config FILE snapshot",
+            )
+        held = self.position(table)
+        if held is not None and held.covers(position):
+            return None
+        if held is not None and held.lsn > position.lsn:
+            position = TablePosition(held.lsn, position.partial)  # never move a position backwards
+        soft = table in self._soft
+        plan = plan_merge(patch, soft_delete=soft)
+        props = self._props(table, position, {"cdc.batch": str(batch_id)})
+        before = dt.version()
+        try:
+            if patch.truncate:
+                write_deltalake(
+                    dt,
+                    plan.upsert_rows,
+                    mode="overwrite",
+                    storage_options=self._opts or None,
+                    commit_properties=props,
+                )
+                self._tables.pop(table, None)
+                n = plan.upsert_rows.num_rows
+                return ApplyResult(table, before + 1, n, 0, 0, True)
+            merger = dt.merge(
+                plan.source,
+                predicate=plan.predicate,
+                source_alias="s",
+                target_alias="t",
+                commit_properties=props,
+            )
+            if plan.delete_predicate is not None:
+                merger = merger.when_matched_delete(plan.delete_predicate)
+            else:
+                soft_updates = plan.soft_delete_updates or {}
+                merger = merger.when_matched_update(soft_updates, "s._cdc_op = 'd' AND s._cdc_lsn >= t._cdc_lsn")
+            metrics = (
+                merger.when_matched_update(plan.updates, plan.update_predicate)
+                .when_not_matched_insert(plan.inserts, plan.insert_predicate)
+                .execute()
+            )
+            dt.update_incremental()
+            if dt.version() == before:
+                # delta-rs does not commit a merge that changes no file; record the position anyway
+                write_deltalake(
+                    dt,
+                    plan.upsert_rows.schema.empty_table(),
+                    mode="append",
+                    storage_options=self._opts or None,
+                    commit_properties=props,
+                )
+                dt.update_incremental()
+        except (DeltaError, OSError) as exc:
+            self._tables.pop(table, None)
+            raise SinkError(
+                f"merge into {table} up to {position.lsn} failed: {exc}",
+                hint="the daemon retries; if another process writes this table, stop it",
+                retryable=True,
+            ) from exc
+        return ApplyResult(
+            table,
+            dt.version(),
+            int(metrics.get("num_target_rows_inserted", 0)),
+            int(metrics.get("num_target_rows_updated", 0)),
+            int(metrics.get("num_target_rows_deleted", 0)),
+            False,
+        )
+
+    def row_count(self, table: TableId) -> int | None:
+        """Rows in the table's current version, from the log's file statistics (None: no table)."""
+        dt = self._open(table)
+        if dt is None:
+            return None
+        actions = dt.get_add_actions(flatten=True)
+        return int(pa.compute.sum(pa.table(actions).column("num_records")).as_py() or 0)

@@ -1,0 +1,134 @@
+"""Turn a TablePatch into a typed Arrow table and the clauses of one sequenced MERGE. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cdc_replicator.batching import UNCHANGED_PREFIX
+from cdc_replicator.model import TablePatch, TableSchema
+from cdc_replicator.typemap import arrow_type, cast_text
+
+__all__ = [
+    "META_COLUMNS",
+    "MergePlan",
+    "plan_merge",
+    "target_schema",
+    "typed_columns",
+    "quote",
+]
+
+_TS_UTC = pa.timestamp("us", tz="UTC")
+META_COLUMNS = ("_cdc_lsn", "_cdc_op", "_cdc_committed_at")
+_INT_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64())
+
+
+def quote(name: str) -> str:
+    """Quote a column name for a delta-rs (DataFusion) SQL expression."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def target_schema(schema: TableSchema, *, soft_delete: bool) -> pa.Schema:
+    """The Delta table's schema: the source columns, then the ``_cdc_*`` metadata columns."""
+    fields = [pa.field(c.name, arrow_type(c.type_oid, c.type_modifier), nullable=True) for c in schema.columns]
+    fields += [
+        pa.field("_cdc_lsn", pa.int64(), nullable=True),
+        pa.field("_cdc_op", pa.string(), nullable=True),
+        pa.field("_cdc_committed_at", _TS_UTC, nullable=True),
+    ]
+    if soft_delete:
+        fields.append(pa.field("_cdc_deleted", pa.bool_(), nullable=True))
+    return pa.schema(fields)
+
+
+def typed_columns(schema: TableSchema, rows: pa.Table | pa.RecordBatch) -> list[pa.Array | pa.ChunkedArray]:
+    """Cast the source columns (PostgreSQL text, binary or string typed) to their Arrow types."""
+    return [cast_text(rows.column(c.name), c.type_oid, c.type_modifier) for c in schema.columns]
+
+
+@dataclass(frozen=True, slots=True)
+class MergePlan:
+    """Everything ``DeltaTable.merge`` needs, as values."""
+
+    source: pa.Table
+    predicate: str
+    delete_predicate: str | None  # hard delete: when_matched_delete
+    soft_delete_updates: dict[str, str] | None  # soft delete: when_matched_update on deletes
+    update_predicate: str
+    updates: dict[str, str]
+    insert_predicate: str
+    inserts: dict[str, str]
+    upsert_rows: pa.Table  # the non-delete rows as the target stores them (for truncate overwrites)
+
+
+def plan_merge(patch: TablePatch, *, soft_delete: bool) -> MergePlan:
+    """A sequenced merge: a change lands only if its ``_cdc_lsn`` is not older than the row's."""
+    schema = patch.schema
+    rows = patch.rows
+    cols = typed_columns(schema, rows)
+    names = list(schema.column_names)
+    data: dict[str, pa.Array | pa.ChunkedArray] = dict(zip(names, cols, strict=True))
+    for m in META_COLUMNS:
+        data[m] = rows.column(m)
+    if soft_delete:
+        data["_cdc_deleted"] = pc.equal(rows.column("_cdc_op"), "d")
+    for n in patch.unchanged_columns:
+        data[UNCHANGED_PREFIX + n] = rows.column(UNCHANGED_PREFIX + n)
+    source = pa.table(data)
+
+    key = schema.key
+    on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
+    rng = _key_range(source, key[0]) if key else None
+    predicate = on if rng is None else f"{on} AND {rng}"
+    newer = "s._cdc_lsn >= t._cdc_lsn"
+
+    def value(name: str) -> str:
+        q = quote(name)
+        if name in patch.unchanged_columns:
+            return f"CASE WHEN s.{quote(UNCHANGED_PREFIX + name)} THEN t.{q} ELSE s.{q} END"
+        return f"s.{q}"
+
+    all_cols = names + list(META_COLUMNS) + (["_cdc_deleted"] if soft_delete else [])
+    updates = {quote(n): value(n) for n in all_cols if n not in key}
+    inserts = {quote(n): f"s.{quote(n)}" for n in all_cols}
+    soft_updates = None
+    delete_predicate = None
+    if soft_delete:
+        soft_updates = {quote(m): f"s.{quote(m)}" for m in (*META_COLUMNS, "_cdc_deleted")}
+    else:
+        delete_predicate = f"s._cdc_op = 'd' AND {newer}"
+    not_delete = pc.not_equal(rows.column("_cdc_op"), "d")
+    upsert_cols = {n: source.column(n) for n in all_cols}
+    upsert_rows = pa.table(upsert_cols).filter(not_delete)
+    return MergePlan(
+        source=source,
+        predicate=predicate,
+        delete_predicate=delete_predicate,
+        soft_delete_updates=soft_updates,
+        update_predicate=f"s._cdc_op <> 'd' AND {newer}",
+        updates=updates,
+        insert_predicate="s._cdc_op <> 'd'",
+        inserts=inserts,
+        upsert_rows=upsert_rows,
+    )
+
+
+def _key_range(source: pa.Table, key: str) -> str | None:
+    """A target-side range on the first key column, so delta-rs prunes files (see notes/deltalake.md)."""
+    col = source.column(key)
+    if col.null_count == len(col) or len(col) == 0:
+        return None
+    mm = pc.min_max(col)
+    lo, hi = mm["min"].as_py(), mm["max"].as_py()
+    q = f"t.{quote(key)}"
+    if col.type in _INT_TYPES:
+        return f"{q} >= {int(lo)} AND {q} <= {int(hi)}"
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return f"{q} >= {_literal(str(lo))} AND {q} <= {_literal(str(hi))}"
+    return None
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -1,0 +1,217 @@
+"""Preflight checks on the source and idempotent setup of the publication; slot inspection.
+
+Every failure is one ReplicatorError that says what is wrong and the SQL that fixes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from cdc_replicator.errors import MissingKey, SourceError, WalLevelNotLogical
+from cdc_replicator.model import Column, Lsn, TableId, TableSchema
+from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
+
+__all__ = ["SlotInfo", "connect", "drop_slot", "ensure_publication", "preflight", "read_schema", "slot_info"]
+
+logger = logging.getLogger(__name__)
+
+MIN_SERVER_VERSION = 140000
+
+
+def connect(dsn: str, *, connect_timeout: float = 10.0, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
+    """A regular connection with the session settings both data paths rely on."""
+    try:
+        return psycopg.connect(
+            dsn,
+            autocommit=autocommit,
+            connect_timeout=max(1, int(connect_timeout)),
+            options=SESSION_OPTIONS,
+            application_name="cdc-replicator",
+        )
+    except psycopg.OperationalError as exc:
+        raise classify_error(str(exc), context="cannot connect to the source database") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    name: str
+    plugin: str | None
+    database: str | None
+    active_pid: int | None
+    confirmed_flush: Lsn | None
+    restart_lsn: Lsn | None
+    wal_status: str | None
+    invalidated: bool
+
+
+def _fqn(table: TableId) -> sql.Composable:
+    return sql.Identifier(table.schema, table.name)
+
+
+def preflight(conn: psycopg.Connection[tuple[object, ...]], tables: Sequence[TableId]) -> dict[TableId, TableSchema]:
+    """Check server, role and tables; return each table's schema (columns in attribute order, key)."""
+    row = conn.execute("select current_setting('server_version_num')::int, current_setting('wal_level')").fetchone()
+    assert row is not None
+    version, wal_level = int(str(row[0])), str(row[1])
+    if version < MIN_SERVER_VERSION:
+        raise SourceError(
+            f"PostgreSQL {version // 10000} is too old: logical replication with pgoutput needs 14 or newer",
+            hint="upgrade the server, or use mode = \"watermark\" against it",
+        )
+    if wal_level != "logical":
+        raise WalLevelNotLogical(
+            f"wal_level is {wal_level!r} on the source, logical replication needs 'logical'",
+            hint="run: alter system set wal_level = logical; then restart PostgreSQL",
+        )
+    row = conn.execute(
+        "select current_user, rolsuper or rolreplication, current_setting('server_encoding') "
+        "from pg_roles where rolname = current_user"
+    ).fetchone()
+    assert row is not None
+    user, may_replicate, encoding = str(row[0]), bool(row[1]), str(row[2])
+    if not may_replicate:
+        raise SourceError(
+            f"role {user!r} may not replicate",
+            hint=f"run as a superuser: alter role {sql.Identifier(user).as_string(conn)} with replication;",
+        )
+    if encoding.upper() not in ("UTF8", "UNICODE"):
+        raise SourceError(
+            f"the source database encoding is {encoding}; cdc-replicator reads UTF8 only",
+            hint="replicate from a UTF8 database (create database ... encoding 'UTF8')",
+        )
+    return {t: read_schema(conn, t) for t in tables}
+
+
+def read_schema(conn: psycopg.Connection[tuple[object, ...]], table: TableId) -> TableSchema:
+    """The table's published columns and merge key, from the catalog."""
+    row = conn.execute(
+        "select c.oid, c.relkind, c.relreplident, has_table_privilege(c.oid, 'select') "
+        "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = %s and c.relname = %s",
+        (table.schema, table.name),
+    ).fetchone()
+    if row is None:
+        raise SourceError(
+            f"table {table} does not exist in the source database",
+            hint="check the name in [[tables]] (schema.table, case-sensitive) or create the table",
+        )
+    oid, relkind, replident, can_select = int(str(row[0])), str(row[1]), str(row[2]), bool(row[3])
+    if relkind not in ("r", "p"):
+        raise SourceError(f"{table} is not a table (relkind {relkind!r})", hint="replicate tables only")
+    if not can_select:
+        raise SourceError(
+            f"the replication role may not read {table}",
+            hint=f"run as the table owner: grant select on {_fqn(table).as_string(conn)} to <role>;",
+        )
+    cols = conn.execute(
+        "select a.attname, a.atttypid::int, a.atttypmod, "
+        "coalesce(a.attnum = any(i.indkey::int2[]), false) "
+        "from pg_attribute a left join pg_index i on i.indrelid = a.attrelid and i.indisprimary "
+        "where a.attrelid = %s and a.attnum > 0 and not a.attisdropped and a.attgenerated = '' "
+        "order by a.attnum",
+        (oid,),
+    ).fetchall()
+    has_pk = any(bool(c[3]) for c in cols)
+    fq = _fqn(table).as_string(conn)
+    if not has_pk and replident != "f":
+        raise MissingKey(
+            f"table {table} has no primary key and its replica identity is not FULL: "
+            "updates and deletes could not be matched",
+            hint=f"add a key: alter table {fq} add primary key (<columns>); "
+            f"or: alter table {fq} replica identity full;",
+        )
+    if replident == "n":
+        raise MissingKey(
+            f"table {table} has REPLICA IDENTITY NOTHING: its updates and deletes are not published",
+            hint=f"run: alter table {fq} replica identity default;",
+        )
+    columns = tuple(
+        Column(str(c[0]), int(str(c[1])), int(str(c[2])), bool(c[3]) or not has_pk) for c in cols
+    )
+    return TableSchema(table, columns, replident)
+
+
+def ensure_publication(conn: psycopg.Connection[tuple[object, ...]], name: str, tables: Sequence[TableId]) -> None:
+    """Create the publication if missing; otherwise check it publishes every configured table."""
+    row = conn.execute(
+        "select puballtables, pubinsert and pubupdate and pubdelete and pubtruncate, pubviaroot "
+        "from pg_publication where pubname = %s",
+        (name,),
+    ).fetchone()
+    targets = sql.SQL(", ").join(_fqn(t) for t in tables)
+    if row is None:
+        stmt = sql.SQL("create publication {} for table {} with (publish_via_partition_root = true)").format(
+            sql.Identifier(name), targets
+        )
+        try:
+            conn.execute(stmt)
+        except psycopg.Error as exc:
+            raise SourceError(
+                f"cannot create publication {name!r}: {str(exc).strip()}",
+                hint=f"run as the tables' owner: {stmt.as_string(conn)};",
+            ) from exc
+        logger.info("publication created publication=%s tables=%d", name, len(tables))
+        return
+    alltables, all_ops, viaroot = bool(row[0]), bool(row[1]), bool(row[2])
+    if not all_ops:
+        raise SourceError(
+            f"publication {name!r} does not publish all of insert, update, delete and truncate",
+            hint=f"run: alter publication {sql.Identifier(name).as_string(conn)} "
+            "set (publish = 'insert, update, delete, truncate');",
+        )
+    if not viaroot:
+        logger.warning("publication %s has publish_via_partition_root = false; partitions arrive separately", name)
+    if alltables:
+        return
+    published = {
+        TableId(str(r[0]), str(r[1]))
+        for r in conn.execute(
+            "select schemaname, tablename from pg_publication_tables where pubname = %s", (name,)
+        ).fetchall()
+    }
+    missing = [t for t in tables if t not in published]
+    if missing:
+        add = sql.SQL(", ").join(_fqn(t) for t in missing)
+        stmt = sql.SQL("alter publication {} add table {}").format(sql.Identifier(name), add)
+        raise SourceError(
+            f"publication {name!r} does not publish {', '.join(map(str, missing))}",
+            hint=f"run: {stmt.as_string(conn)};",
+        )
+
+
+def slot_info(conn: psycopg.Connection[tuple[object, ...]], slot: str) -> SlotInfo | None:
+    row = conn.execute(
+        "select slot_name, plugin, database, active_pid, confirmed_flush_lsn::text, restart_lsn::text, "
+        "wal_status, to_jsonb(s) ->> 'conflicting' from pg_replication_slots s where slot_name = %s",
+        (slot,),
+    ).fetchone()
+    if row is None:
+        return None
+    wal_status = None if row[6] is None else str(row[6])
+    conflicting = row[7] == "true"
+    return SlotInfo(
+        name=str(row[0]),
+        plugin=None if row[1] is None else str(row[1]),
+        database=None if row[2] is None else str(row[2]),
+        active_pid=None if row[3] is None else int(str(row[3])),
+        confirmed_flush=None if row[4] is None else Lsn.parse(str(row[4])),
+        restart_lsn=None if row[5] is None else Lsn.parse(str(row[5])),
+        wal_status=wal_status,
+        invalidated=wal_status == "lost" or conflicting,
+    )
+
+
+def drop_slot(conn: psycopg.Connection[tuple[object, ...]], slot: str) -> None:
+    """Drop the slot if it exists (terminating a walsender that still holds it)."""
+    info = slot_info(conn, slot)
+    if info is None:
+        return
+    if info.active_pid is not None:
+        conn.execute("select pg_terminate_backend(%s)", (info.active_pid,))
+    conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+    logger.info("replication slot dropped slot=%s", slot)

@@ -1,0 +1,272 @@
+"""Walsender I/O only: replication commands, CopyData frames, keepalives and standby status updates.
+
+One ``ReplicationConnection`` is owned by exactly one thread. It speaks the streaming replication
+protocol through psycopg's libpq layer (``replication=database``); it knows nothing of pgoutput.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import select
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from cdc_replicator.errors import (
+    DecodeError,
+    PositionMismatch,
+    SlotInUse,
+    SlotInvalidated,
+    SourceError,
+    SourceUnavailable,
+)
+from cdc_replicator.model import Lsn
+
+__all__ = [
+    "SESSION_OPTIONS",
+    "CreatedSlot",
+    "PrimaryKeepalive",
+    "ReplicationConnection",
+    "SystemIdentity",
+    "XLogData",
+    "classify_error",
+    "quote_ident",
+]
+
+logger = logging.getLogger(__name__)
+
+# Output functions run in the walsender session: fix the text forms both data paths produce.
+SESSION_OPTIONS = (
+    "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=postgres"
+)
+
+_PG_EPOCH_UNIX_US = 946_684_800_000_000
+_XLOG_HEADER = struct.Struct("!QQq")
+_KEEPALIVE = struct.Struct("!QqB")
+_STATUS = struct.Struct("!cQQQqB")
+
+
+@dataclass(frozen=True, slots=True)
+class XLogData:
+    """A CopyData 'w' frame: one pgoutput message that starts at ``data_start``."""
+
+    data_start: Lsn
+    wal_end: Lsn
+    payload: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryKeepalive:
+    """A CopyData 'k' frame: the server sent everything before ``wal_end``."""
+
+    wal_end: Lsn
+    reply_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SystemIdentity:
+    system_id: str
+    timeline: int
+    xlogpos: Lsn
+    dbname: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedSlot:
+    name: str
+    consistent_point: Lsn
+    snapshot_name: str | None
+
+
+_IDENT_RE = re.compile(r"^[a-z_][a-z0-9_$]*$")
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier for a replication command (they take no bind parameters)."""
+    if "\x00" in name:
+        raise ValueError("identifier contains NUL")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_literal(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("literal contains NUL")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def classify_error(message: str, *, context: str) -> SourceError:
+    """Map a server or libpq error text to the error class that says what to do about it."""
+    text = message.strip()
+    low = text.lower()
+    if "is active for pid" in low:
+        return SlotInUse(
+            f"{context}: {text}",
+            hint="another process streams from this slot; stop the other cdc-replicator "
+            "(or consumer) first. The daemon retries until the slot is free.",
+        )
+    if "can no longer get changes" in low or "this slot has been invalidated" in low:
+        return SlotInvalidated(
+            f"{context}: the replication slot was invalidated and the WAL it needed is gone: {text}",
+            hint="every table must be re-synced: cdc-replicator --config FILE snapshot "
+            "(it recreates the slot and reloads the tables)",
+        )
+    if "replication slot" in low and "does not exist" in low:
+        return PositionMismatch(
+            f"{context}: {text}",
+            hint="the slot was dropped while the daemon ran; re-sync with: cdc-replicator --config FILE snapshot",
+        )
+    auth = ("password authentication failed", "no pg_hba.conf entry", "permission denied", "must be superuser")
+    if any(a in low for a in auth) or ("role" in low and "does not exist" in low):
+        return SourceError(
+            f"{context}: {text}",
+            hint="the role needs LOGIN and REPLICATION (ALTER ROLE <role> WITH REPLICATION) and a pg_hba.conf "
+            "line allowing 'replication' connections; give the password via PGPASSWORD or PGPASSFILE",
+        )
+    if "database" in low and "does not exist" in low:
+        return SourceError(f"{context}: {text}", hint="check the database name in source.dsn")
+    return SourceUnavailable(
+        f"{context}: {text or 'connection lost'}",
+        hint="check that PostgreSQL is running and reachable at source.dsn; the daemon retries",
+    )
+
+
+class ReplicationConnection:
+    """A ``replication=database`` connection. Not thread-safe: one owner thread."""
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 10.0, application_name: str = "cdc-replicator"):
+        params = conninfo_to_dict(dsn)
+        extra = str(params.get("options") or "")
+        conninfo = make_conninfo(
+            dsn,
+            replication="database",
+            application_name=application_name,
+            connect_timeout=str(max(1, int(connect_timeout))),
+            options=f"{extra} {SESSION_OPTIONS}".strip(),
+        )
+        self._pgconn = pq.PGconn.connect(conninfo.encode())
+        if self._pgconn.status != pq.ConnStatus.OK:
+            msg = self._pgconn.get_error_message() if hasattr(self._pgconn, "get_error_message") else ""
+            msg = msg or self._pgconn.error_message.decode(errors="replace")
+            self._pgconn.finish()
+            raise classify_error(msg, context="cannot open a replication connection")
+        self._streaming = False
+
+    # ---- commands -----------------------------------------------------------------------
+
+    def _command(self, sql: str) -> pq.abc.PGresult:
+        res = self._pgconn.exec_(sql.encode())
+        if res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+            msg = (res.error_message or self._pgconn.error_message).decode(errors="replace")
+            raise classify_error(msg, context=f"replication command {sql.split()[0]} failed")
+        return res
+
+    @staticmethod
+    def _text(res: pq.abc.PGresult, row: int, col: int) -> str | None:
+        v = res.get_value(row, col)
+        return None if v is None else bytes(v).decode()
+
+    def identify_system(self) -> SystemIdentity:
+        res = self._command("IDENTIFY_SYSTEM")
+        return SystemIdentity(
+            system_id=self._text(res, 0, 0) or "",
+            timeline=int(self._text(res, 0, 1) or 0),
+            xlogpos=Lsn.parse(self._text(res, 0, 2) or "0/0"),
+            dbname=self._text(res, 0, 3),
+        )
+
+    def create_slot(self, name: str, *, export_snapshot: bool) -> CreatedSlot:
+        """Create a pgoutput slot; with ``export_snapshot`` the snapshot lives until the next command."""
+        snap = "export" if export_snapshot else "nothing"
+        res = self._command(f"CREATE_REPLICATION_SLOT {quote_ident(name)} LOGICAL pgoutput (SNAPSHOT '{snap}')")
+        return CreatedSlot(
+            name=self._text(res, 0, 0) or name,
+            consistent_point=Lsn.parse(self._text(res, 0, 1) or "0/0"),
+            snapshot_name=self._text(res, 0, 2),
+        )
+
+    def start(self, slot: str, start: Lsn, options: Mapping[str, str]) -> None:
+        """START_REPLICATION; afterwards only ``read`` and ``send_status`` may be used."""
+        opts = ", ".join(f"{quote_ident(k)} {_quote_literal(v)}" for k, v in options.items())
+        sql = f"START_REPLICATION SLOT {quote_ident(slot)} LOGICAL {start} ({opts})"
+        self._pgconn.send_query(sql.encode())
+        res = self._pgconn.get_result()
+        if res is None or res.status != pq.ExecStatus.COPY_BOTH:
+            msg = (res.error_message if res is not None else b"") or self._pgconn.error_message
+            raise classify_error(msg.decode(errors="replace"), context=f"cannot stream from slot {slot!r}")
+        self._streaming = True
+
+    # ---- the COPY BOTH stream -------------------------------------------------------------
+
+    def read(self, timeout: float) -> XLogData | PrimaryKeepalive | None:
+        """Return the next frame, or None when nothing arrived within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            n, data = self._pgconn.get_copy_data(1)
+            if n > 0:
+                return self._frame(memoryview(data))
+            if n == 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                readable, _, _ = select.select([self._pgconn.socket], [], [], left)
+                if readable:
+                    self._consume()
+                continue
+            # -1: the server ended the COPY; -2: error
+            self._streaming = False
+            res = self._pgconn.get_result()
+            msg = b""
+            if res is not None and res.error_message:
+                msg = res.error_message
+            msg = msg or self._pgconn.error_message
+            raise classify_error(msg.decode(errors="replace") or "the server ended replication", context="stream")
+
+    def _consume(self) -> None:
+        try:
+            self._pgconn.consume_input()
+        except psycopg.OperationalError as exc:
+            raise classify_error(str(exc), context="stream") from exc
+
+    @staticmethod
+    def _frame(buf: memoryview) -> XLogData | PrimaryKeepalive:
+        if not buf:
+            raise DecodeError("empty CopyData frame", offset=0)
+        tag = buf[0]
+        if tag == 0x77:  # 'w'
+            if len(buf) < 1 + _XLOG_HEADER.size:
+                raise DecodeError("truncated XLogData header", offset=len(buf))
+            start, end, _ = _XLOG_HEADER.unpack_from(buf, 1)
+            return XLogData(Lsn(start), Lsn(end), buf[1 + _XLOG_HEADER.size :])
+        if tag == 0x6B:  # 'k'
+            if len(buf) < 1 + _KEEPALIVE.size:
+                raise DecodeError("truncated keepalive", offset=len(buf))
+            end, _, reply = _KEEPALIVE.unpack_from(buf, 1)
+            return PrimaryKeepalive(Lsn(end), bool(reply))
+        raise DecodeError(f"unknown CopyData frame tag {chr(tag)!r}", offset=0)
+
+    def send_status(self, *, write: Lsn, flush: Lsn, apply: Lsn, reply: bool = False) -> None:
+        """Standby status update: ``flush`` must never be ahead of what Delta durably holds."""
+        now = int(time.time() * 1_000_000) - _PG_EPOCH_UNIX_US
+        msg = _STATUS.pack(b"r", write.value, flush.value, apply.value, now, 1 if reply else 0)
+        try:
+            if self._pgconn.put_copy_data(msg) != 1 or self._pgconn.flush() != 0:
+                raise classify_error(self._pgconn.error_message.decode(errors="replace"), context="send status")
+        except psycopg.OperationalError as exc:
+            raise classify_error(str(exc), context="send status") from exc
+
+    def close(self) -> None:
+        """End the stream (best effort) and close the connection."""
+        if self._pgconn.status == pq.ConnStatus.OK and self._streaming:
+            try:
+                self._pgconn.put_copy_end()
+                self._pgconn.flush()
+            except psycopg.Error:
+                logger.debug("copy end failed while closing", exc_info=True)
+        self._streaming = False
+        self._pgconn.finish()
