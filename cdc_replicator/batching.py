@@ -2,8 +2,9 @@
 
 Rules (the ones a replay after a crash relies on):
 - A batch closes only at a transaction boundary, when a row, byte or time limit is reached; a single
-  transaction larger than ``max_rows`` is cut into several batches, each marked with
-  ``PartialTxn(commit_lsn, seq)`` so a table can tell which of its changes it already holds.
+  transaction larger than ``max_rows`` (or ``max_bytes``) on its own is cut into several batches, each
+  marked with ``PartialTxn(commit_lsn, seq)`` so a table can tell which of its changes it already
+  holds. A transaction that fits is never cut, so a batch holds less than twice the limits.
 - ``seq`` numbers the row changes of a transaction from 1 in stream order; the server sends a
   committed transaction the same way every time, so (commit LSN, seq) names a change across replays.
 - Per table, only the last change of each key survives (stream order, not per-change WAL LSN).
@@ -40,9 +41,10 @@ from cdc_replicator.model import (
     Value,
 )
 
-__all__ = ["UNCHANGED_PREFIX", "BatchLimits", "Batcher"]
+__all__ = ["MOVED_PREFIX", "UNCHANGED_PREFIX", "BatchLimits", "Batcher"]
 
 UNCHANGED_PREFIX = "__unchanged__"
+MOVED_PREFIX = "__moved_from__"
 _TS_UTC = pa.timestamp("us", tz="UTC")
 
 
@@ -64,6 +66,7 @@ class _TableBuffer:
     truncate: bool = False
     changes: int = 0
     unchanged: set[int] = field(default_factory=set)
+    moved: dict[int, tuple[Value, ...]] = field(default_factory=dict)  # row → old key, when unchanged stays
 
     @classmethod
     def empty(cls, schema: TableSchema) -> _TableBuffer:
@@ -76,15 +79,39 @@ class _TableBuffer:
         self.times.clear()
         self.last.clear()
         self.unchanged.clear()
+        self.moved.clear()
 
-    def add(self, op: Op, key: tuple[Value, ...], values: tuple[Value, ...], lsn: int, at: datetime) -> None:
-        prev = self.last.get(key)
+    def add(
+        self,
+        op: Op,
+        key: tuple[Value, ...],
+        values: tuple[Value, ...],
+        lsn: int,
+        at: datetime,
+        prev: int | None = None,
+        moved_from: tuple[Value, ...] | None = None,
+    ) -> None:
+        """Append a change; unchanged TOAST values come from ``prev`` (default: the key's last change).
+
+        ``moved_from`` is the old key of an UPDATE that moved the row: values still unchanged after
+        that are the old key's row's in the target, so the patch records the old key for the sink.
+        """
+        if prev is None:
+            prev = self.last.get(key)
         if prev is not None and UNCHANGED in values:
             values = tuple(
                 self.columns[i][prev] if v is UNCHANGED and self.ops[prev] != Op.DELETE else v
                 for i, v in enumerate(values)
             )
         idx = len(self.ops)
+        if UNCHANGED in values:
+            # the value still lives in the target row of the key this row moved from; through a chain
+            # of moves or later updates inside the batch (k1 → k2, k2 updated, k2 → k3) that is k1
+            origin = self.moved.get(prev) if prev is not None else None
+            if origin is None:
+                origin = moved_from
+            if origin is not None:
+                self.moved[idx] = origin
         for i, v in enumerate(values):
             if v is UNCHANGED:
                 self.unchanged.add(i)
@@ -110,6 +137,11 @@ class _TableBuffer:
                     arrays[UNCHANGED_PREFIX + name] = pa.array(flags, pa.bool_())
                 values = [None if v is UNCHANGED else v for v in values]
             arrays[name] = pa.array(values, pa.binary())
+        moved: dict[str, pa.Array] = {}
+        if any(j in self.moved for j in keep):
+            for ki, kname in enumerate(self.schema.key):
+                vals = [self.moved[j][ki] if j in self.moved else None for j in keep]
+                moved[MOVED_PREFIX + kname] = pa.array(vals, pa.binary())
         rows = pa.table(
             {
                 **{n: arrays[n] for n in names},
@@ -117,6 +149,7 @@ class _TableBuffer:
                 "_cdc_op": pa.array([self.ops[j] for j in keep], pa.string()),
                 "_cdc_committed_at": pa.array([self.times[j] for j in keep], _TS_UTC),
                 **{UNCHANGED_PREFIX + n: arrays[UNCHANGED_PREFIX + n] for n in unchanged_names},
+                **moved,
             }
         )
         return TablePatch(self.schema, rows, self.truncate, tuple(unchanged_names), self.changes)
@@ -149,6 +182,8 @@ class Batcher:
         self._partial: PartialTxn | None = None  # set while a cut transaction spans batches
         self._txn: Begin | None = None
         self._seq = 0
+        self._txn_rows = 0  # rows and bytes of the open transaction since its Begin or last cut
+        self._txn_bytes = 0
         self._skip: frozenset[TableId] = frozenset()
         self._batch_id = 0
 
@@ -176,12 +211,15 @@ class Batcher:
                 raise DecodeError(f"Begin of xid {event.xid} inside the open xid {self._txn.xid}")
             self._txn = event
             self._seq = 0
+            self._txn_rows = 0
+            self._txn_bytes = 0
             if self._opened_at is None:
                 self._opened_at = self._clock()
             self._skip = frozenset(
                 t
                 for t, p in self._positions.items()
-                if event.commit_lsn < p.lsn or (p.partial is not None and p.partial.commit_lsn == event.commit_lsn)
+                if event.commit_lsn < p.lsn
+                or (p.partial is not None and p.partial.commit_lsn == event.commit_lsn)
             )
             return None
         if isinstance(event, Commit):
@@ -266,8 +304,13 @@ class Batcher:
             return None
         buf = self._buffer(ch.table)
         kpos = buf.schema.key_positions
+        width = len(buf.schema.columns)
         lsn = txn.commit_lsn.value
         at = txn.commit_time
+        for row, what in ((ch.new, "row"), (ch.old, "old row")):
+            if row is not None and len(row) != width:
+                raise DecodeError(f"{what} of {ch.table} has {len(row)} columns, expected {width}")
+        rows = 1
         if ch.op is Op.DELETE:
             old = ch.old
             if old is None:
@@ -279,20 +322,24 @@ class Batcher:
             new = ch.new
             if new is None:
                 raise DecodeError(f"{ch.op.name.lower()} on {ch.table} without a new row")
-            if len(new) != len(buf.schema.columns):
-                raise DecodeError(f"row of {ch.table} has {len(new)} columns, expected {len(buf.schema.columns)}")
             key = tuple(new[i] for i in kpos)
+            moved: int | None = None  # the buffered change of the old key, when the key changes
+            moved_from: tuple[Value, ...] | None = None
             if ch.op is Op.UPDATE and ch.old is not None:
                 old_key = tuple(ch.old[i] for i in kpos)
                 if old_key != key and UNCHANGED not in old_key:
-                    stub = tuple(ch.old[i] if i in kpos else None for i in range(len(new)))
+                    moved, moved_from = buf.last.get(old_key), old_key
+                    stub = tuple(ch.old[i] if i in kpos else None for i in range(width))
                     buf.add(Op.DELETE, old_key, stub, lsn, at)
-                    self._rows += 1
-            buf.add(ch.op, key, new, lsn, at)
+                    rows += 1
+            buf.add(ch.op, key, new, lsn, at, prev=moved, moved_from=moved_from)
             size = sum(len(v) for v in new if isinstance(v, bytes))
-        self._rows += 1
-        self._bytes += size + 16 * len(buf.schema.columns)
-        if self._rows >= self._limits.max_rows or self._bytes >= self._limits.max_bytes:
+        size += 16 * width
+        self._rows += rows
+        self._bytes += size
+        self._txn_rows += rows
+        self._txn_bytes += size
+        if self._txn_rows >= self._limits.max_rows or self._txn_bytes >= self._limits.max_bytes:
             return self._cut(txn)
         return None
 
@@ -300,6 +347,8 @@ class Batcher:
         """Close a batch inside a large transaction: its changes so far become a partial position."""
         self._partial = PartialTxn(txn.commit_lsn, self._seq)
         batch = self._close()
+        self._txn_rows = 0
+        self._txn_bytes = 0
         self._opened_at = self._clock()
         return batch
 

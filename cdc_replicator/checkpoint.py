@@ -69,7 +69,9 @@ def plan_start(
         )
     if slot is None:
         if recorded is not None and recorded.load_state == "loading":
-            return StartPlan(StartKind.INITIAL_LOAD)  # our load was cut short before or after creating the slot
+            return StartPlan(
+                StartKind.INITIAL_LOAD
+            )  # our load was cut short before or after creating the slot
         if not held:
             return StartPlan(StartKind.INITIAL_LOAD)
         raise PositionMismatch(

@@ -122,11 +122,21 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--dir", "workdir", type=click.Path(path_type=Path, file_okay=False), default=Path("./cdc-demo"),
-              show_default=True, help="Where the demo keeps its lake and state.")
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("./cdc-demo"),
+    show_default=True,
+    help="Where the demo keeps its lake and state.",
+)
 @click.option("--seconds", type=float, default=0.0, help="Stop after this long (0 = until Ctrl-C).")
-@click.option("--pg-version", type=click.Choice(["15", "16"]), default=None,
-              help="Which local PostgreSQL binaries to use (default: the newest found).")
+@click.option(
+    "--pg-version",
+    type=click.Choice(["15", "16"]),
+    default=None,
+    help="Which local PostgreSQL binaries to use (default: the newest found).",
+)
 @_errors_to_exit
 def demo(workdir: Path, seconds: float, pg_version: str | None) -> None:
     """Quickstart: a throwaway local PostgreSQL with live sample changes, replicated into ./cdc-demo/lake."""

@@ -49,7 +49,9 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     if use_json:
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

@@ -247,7 +247,9 @@ class TablePatch:
     ``rows`` holds the last change per key in stream order: the source columns as PostgreSQL text
     (Arrow ``binary``), ``_cdc_lsn`` (int64 commit LSN), ``_cdc_op``, ``_cdc_committed_at`` and,
     for each name in ``unchanged_columns``, a bool column ``__unchanged__<name>`` that is true where
-    the target must keep its value. ``truncate`` means: empty the table, then apply ``rows``.
+    the target must keep its value. When a row's key moved (an UPDATE of the key) while such a value
+    stayed unchanged, ``__moved_from__<key>`` columns hold its old key: the value is the old row's.
+    ``truncate`` means: empty the table, then apply ``rows``.
     """
 
     schema: TableSchema

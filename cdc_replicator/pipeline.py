@@ -15,14 +15,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, stop_never, wait_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    stop_never,
+    wait_exponential,
+)
 
 from cdc_replicator import failpoints
 from cdc_replicator.batching import Batcher, BatchLimits
 from cdc_replicator.checkpoint import Recorded, SlotState, StartKind, StartPlan, plan_start
 from cdc_replicator.config import Config, redact_dsn
 from cdc_replicator.errors import ContractViolation, ReplicatorError, SourceError
-from cdc_replicator.model import ChangeBatch, Keepalive, Lsn, RelationChanged, TableId, TablePosition, TableSchema
+from cdc_replicator.model import (
+    ChangeBatch,
+    Keepalive,
+    Lsn,
+    RelationChanged,
+    TableId,
+    TablePosition,
+    TableSchema,
+)
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.source import checks
 from cdc_replicator.source.logical import LogicalSource
@@ -94,7 +109,9 @@ class Replicator:
 
     def resync_all(self) -> None:
         """Full re-sync: drop and recreate the slot, reload every table. The daemon must be stopped."""
-        with checks.connect(self._cfg.source.dsn, connect_timeout=self._cfg.source.connect_timeout_seconds) as conn:
+        with checks.connect(
+            self._cfg.source.dsn, connect_timeout=self._cfg.source.connect_timeout_seconds
+        ) as conn:
             schemas = checks.preflight(conn, self._tables)
             checks.ensure_publication(conn, self._cfg.source.publication, self._tables)
             slot = checks.slot_info(conn, self._slot)
@@ -112,7 +129,9 @@ class Replicator:
         self._stop.wait(seconds)
 
     def _system_id(self) -> str:
-        repl = ReplicationConnection(self._cfg.source.dsn, connect_timeout=self._cfg.source.connect_timeout_seconds)
+        repl = ReplicationConnection(
+            self._cfg.source.dsn, connect_timeout=self._cfg.source.connect_timeout_seconds
+        )
         try:
             return repl.identify_system().system_id
         finally:
@@ -150,7 +169,10 @@ class Replicator:
         self._stream(schemas, plan.start)
 
     def _initial_load(
-        self, conn: psycopg.Connection[tuple[object, ...]], schemas: Mapping[TableId, TableSchema], system_id: str
+        self,
+        conn: psycopg.Connection[tuple[object, ...]],
+        schemas: Mapping[TableId, TableSchema],
+        system_id: str,
     ) -> Lsn:
         """Create the slot with an exported snapshot and copy every table inside that snapshot."""
         src = self._cfg.source
@@ -177,9 +199,14 @@ class Replicator:
                         loaded_at=loaded_at,
                     )
                     failpoints.hit("after_table_load")
-                    self._state.table_status(self._slot, table, "streaming", position=str(point), rows_loaded=rows)
+                    self._state.table_status(
+                        self._slot, table, "streaming", position=str(point), rows_loaded=rows
+                    )
                     logger.info(
-                        "initial load done table=%s rows=%d seconds=%.1f", table, rows, time.monotonic() - started
+                        "initial load done table=%s rows=%d seconds=%.1f",
+                        table,
+                        rows,
+                        time.monotonic() - started,
                     )
         finally:
             repl.close()
@@ -225,6 +252,12 @@ class Replicator:
                 if ev is None:
                     batch = batcher.poll()
                 elif isinstance(ev, Keepalive):
+                    # keepalives can arrive back to back (a server shutting down waits for our
+                    # flush): the batch timer must run on them too, or nothing would ever close
+                    batch = batcher.poll()
+                    if batch is not None:
+                        confirmed = self._apply(batch, source, confirmed)
+                        batch = None
                     if batcher.idle and ev.wal_end > confirmed:
                         # everything sent before the keepalive is applied: let the slot move on
                         self._state.record_applied(self._slot, ev.wal_end)

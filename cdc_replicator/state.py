@@ -156,8 +156,16 @@ class StateStore:
 
     # ---- table status ----------------------------------------------------------------------
 
-    def table_status(self, slot: str, table: TableId, state: str, *, position: str | None = None,
-                     rows_loaded: int | None = None, error: str | None = None) -> None:
+    def table_status(
+        self,
+        slot: str,
+        table: TableId,
+        state: str,
+        *,
+        position: str | None = None,
+        rows_loaded: int | None = None,
+        error: str | None = None,
+    ) -> None:
         with self._engine.begin() as conn:
             conn.execute(
                 text("delete from cdc_table_status where slot = :s and table_name = :n"),
@@ -168,7 +176,15 @@ class StateStore:
                     "insert into cdc_table_status (slot, table_name, state, position, rows_loaded, last_error, "
                     "updated_at) values (:s, :n, :st, :p, :r, :e, :t)"
                 ),
-                {"s": slot, "n": str(table), "st": state, "p": position, "r": rows_loaded, "e": error, "t": _now()},
+                {
+                    "s": slot,
+                    "n": str(table),
+                    "st": state,
+                    "p": position,
+                    "r": rows_loaded,
+                    "e": error,
+                    "t": _now(),
+                },
             )
 
 

@@ -23,7 +23,9 @@ def collect_status(cfg: Config) -> dict[str, Any]:
             {
                 "table": str(t),
                 "position": None if pos is None else str(pos.lsn),
-                "partial": None if pos is None or pos.partial is None else f"{pos.partial.commit_lsn}:{pos.partial.seq}",
+                "partial": None
+                if pos is None or pos.partial is None
+                else f"{pos.partial.commit_lsn}:{pos.partial.seq}",
                 "rows": sink.row_count(t),
             }
         )
@@ -31,12 +33,16 @@ def collect_status(cfg: Config) -> dict[str, Any]:
     try:
         with checks.connect(cfg.source.dsn, connect_timeout=cfg.source.connect_timeout_seconds) as conn:
             info = checks.slot_info(conn, cfg.source.slot)
-        slot = "missing" if info is None else {
-            "confirmed_flush": str(info.confirmed_flush),
-            "wal_status": info.wal_status,
-            "active_pid": info.active_pid,
-            "invalidated": info.invalidated,
-        }
+        slot = (
+            "missing"
+            if info is None
+            else {
+                "confirmed_flush": str(info.confirmed_flush),
+                "wal_status": info.wal_status,
+                "active_pid": info.active_pid,
+                "invalidated": info.invalidated,
+            }
+        )
     except ReplicatorError as exc:
         slot = f"unknown ({exc.message})"
     store = StateStore(cfg.state.url)

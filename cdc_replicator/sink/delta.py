@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from cdc_replicator.errors import SinkError
 from cdc_replicator.model import Lsn, Op, PartialTxn, TableId, TablePatch, TablePosition, TableSchema
-from cdc_replicator.sink.plan import plan_merge, target_schema, typed_columns
+from cdc_replicator.sink.plan import moved_keys, plan_merge, target_schema, typed_columns
 
 __all__ = ["ApplyResult", "DeltaSink"]
 
@@ -98,7 +99,9 @@ class DeltaSink:
         except TableNotFoundError:
             return None
         except (DeltaError, OSError) as exc:
-            raise SinkError(f"cannot open the Delta table of {table} at {self.uri(table)}", retryable=True) from exc
+            raise SinkError(
+                f"cannot open the Delta table of {table} at {self.uri(table)}", retryable=True
+            ) from exc
         self._tables[table] = dt
         return dt
 
@@ -161,7 +164,11 @@ class DeltaSink:
                     )
                 else:
                     write_deltalake(
-                        self.uri(table), data, mode="append", storage_options=self._opts or None, commit_properties=props
+                        self.uri(table),
+                        data,
+                        mode="append",
+                        storage_options=self._opts or None,
+                        commit_properties=props,
                     )
             except (DeltaError, OSError) as exc:
                 raise SinkError(f"writing the load of {table} to {self.uri(table)} failed") from exc
@@ -217,7 +224,9 @@ class DeltaSink:
         if held is not None and held.lsn > position.lsn:
             position = TablePosition(held.lsn, position.partial)  # never move a position backwards
         soft = table in self._soft
-        plan = plan_merge(patch, soft_delete=soft)
+        old_keys = moved_keys(patch)
+        moved_rows = None if old_keys is None or patch.truncate else self._rows_at(dt, patch.schema, old_keys)
+        plan = plan_merge(patch, soft_delete=soft, moved_rows=moved_rows)
         props = self._props(table, position, {"cdc.batch": str(batch_id)})
         before = dt.version()
         try:
@@ -243,7 +252,9 @@ class DeltaSink:
                 merger = merger.when_matched_delete(plan.delete_predicate)
             else:
                 soft_updates = plan.soft_delete_updates or {}
-                merger = merger.when_matched_update(soft_updates, "s._cdc_op = 'd' AND s._cdc_lsn >= t._cdc_lsn")
+                merger = merger.when_matched_update(
+                    soft_updates, "s._cdc_op = 'd' AND s._cdc_lsn >= t._cdc_lsn"
+                )
             metrics = (
                 merger.when_matched_update(plan.updates, plan.update_predicate)
                 .when_not_matched_insert(plan.inserts, plan.insert_predicate)
@@ -276,10 +287,24 @@ class DeltaSink:
             False,
         )
 
+    @staticmethod
+    def _rows_at(dt: DeltaTable, schema: TableSchema, keys: pa.Table) -> pa.Table:
+        """The table's current rows at ``keys`` (filtered on the first key column, then exactly)."""
+        first = schema.key[0]
+        ds = dt.to_pyarrow_dataset()
+        found = ds.to_table(filter=pc.field(first).isin(keys.column(first)))
+        if len(schema.key) > 1:
+            wanted = {tuple(r.values()) for r in keys.to_pylist()}
+            mask = [
+                tuple(r[k] for k in schema.key) in wanted for r in found.select(list(schema.key)).to_pylist()
+            ]
+            found = found.filter(pa.array(mask, pa.bool_()))
+        return found
+
     def row_count(self, table: TableId) -> int | None:
         """Rows in the table's current version, from the log's file statistics (None: no table)."""
         dt = self._open(table)
         if dt is None:
             return None
         actions = dt.get_add_actions(flatten=True)
-        return int(pa.compute.sum(pa.table(actions).column("num_records")).as_py() or 0)
+        return int(pc.sum(pa.table(actions).column("num_records")).as_py() or 0)

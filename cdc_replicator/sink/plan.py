@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdc_replicator.batching import UNCHANGED_PREFIX
+from cdc_replicator.batching import MOVED_PREFIX, UNCHANGED_PREFIX
 from cdc_replicator.model import TablePatch, TableSchema
 from cdc_replicator.typemap import arrow_type, cast_text
 
 __all__ = [
     "META_COLUMNS",
+    "moved_keys",
     "MergePlan",
     "plan_merge",
     "target_schema",
@@ -32,7 +33,9 @@ def quote(name: str) -> str:
 
 def target_schema(schema: TableSchema, *, soft_delete: bool) -> pa.Schema:
     """The Delta table's schema: the source columns, then the ``_cdc_*`` metadata columns."""
-    fields = [pa.field(c.name, arrow_type(c.type_oid, c.type_modifier), nullable=True) for c in schema.columns]
+    fields = [
+        pa.field(c.name, arrow_type(c.type_oid, c.type_modifier), nullable=True) for c in schema.columns
+    ]
     fields += [
         pa.field("_cdc_lsn", pa.int64(), nullable=True),
         pa.field("_cdc_op", pa.string(), nullable=True),
@@ -63,19 +66,44 @@ class MergePlan:
     upsert_rows: pa.Table  # the non-delete rows as the target stores them (for truncate overwrites)
 
 
-def plan_merge(patch: TablePatch, *, soft_delete: bool) -> MergePlan:
-    """A sequenced merge: a change lands only if its ``_cdc_lsn`` is not older than the row's."""
+def moved_keys(patch: TablePatch) -> pa.Table | None:
+    """The typed old keys of rows whose key moved while a TOASTed value stayed unchanged (or None)."""
+    schema = patch.schema
+    names = [MOVED_PREFIX + k for k in schema.key]
+    if not names or names[0] not in patch.rows.column_names:
+        return None
+    moved = patch.rows.select(names).filter(pc.is_valid(patch.rows.column(names[0])))
+    if moved.num_rows == 0:
+        return None
+    by_name = {c.name: c for c in schema.columns}
+    return pa.table(
+        {
+            k: cast_text(moved.column(MOVED_PREFIX + k), by_name[k].type_oid, by_name[k].type_modifier)
+            for k in schema.key
+        }
+    )
+
+
+def plan_merge(patch: TablePatch, *, soft_delete: bool, moved_rows: pa.Table | None = None) -> MergePlan:
+    """A sequenced merge: a change lands only if its ``_cdc_lsn`` is not older than the row's.
+
+    ``moved_rows``: the target's current rows at the keys of ``moved_keys(patch)``; their values
+    fill the unchanged TOAST columns of rows whose key moved (the new key has no target row).
+    """
     schema = patch.schema
     rows = patch.rows
     cols = typed_columns(schema, rows)
     names = list(schema.column_names)
     data: dict[str, pa.Array | pa.ChunkedArray] = dict(zip(names, cols, strict=True))
+    flags = {n: rows.column(UNCHANGED_PREFIX + n) for n in patch.unchanged_columns}
+    if moved_rows is not None and moved_rows.num_rows:
+        _fill_moved(patch, data, flags, moved_rows)
     for m in META_COLUMNS:
         data[m] = rows.column(m)
     if soft_delete:
         data["_cdc_deleted"] = pc.equal(rows.column("_cdc_op"), "d")
     for n in patch.unchanged_columns:
-        data[UNCHANGED_PREFIX + n] = rows.column(UNCHANGED_PREFIX + n)
+        data[UNCHANGED_PREFIX + n] = flags[n]
     source = pa.table(data)
 
     key = schema.key
@@ -113,6 +141,35 @@ def plan_merge(patch: TablePatch, *, soft_delete: bool) -> MergePlan:
         inserts=inserts,
         upsert_rows=upsert_rows,
     )
+
+
+def _fill_moved(
+    patch: TablePatch,
+    data: dict[str, pa.Array | pa.ChunkedArray],
+    flags: dict[str, pa.Array | pa.ChunkedArray],
+    moved_rows: pa.Table,
+) -> None:
+    """Take unchanged values of moved rows from their old key's target row. Rare: plain Python."""
+    schema = patch.schema
+    key = list(schema.key)
+    old_keys = moved_keys(patch)
+    if old_keys is None:
+        return
+    lookup = {tuple(r[k] for k in key): r for r in moved_rows.to_pylist()}
+    moved_cols = [patch.rows.column(MOVED_PREFIX + k) for k in key]
+    valid = pc.is_valid(moved_cols[0]).to_pylist()
+    old_iter = iter(old_keys.to_pylist())
+    targets: list[dict[str, object] | None] = []
+    for ok in valid:
+        targets.append(lookup.get(tuple(next(old_iter)[k] for k in key)) if ok else None)
+    for n in patch.unchanged_columns:
+        col = data[n].to_pylist()
+        flag = flags[n].to_pylist()
+        for i, t in enumerate(targets):
+            if t is not None and flag[i]:
+                col[i], flag[i] = t[n], False
+        data[n] = pa.array(col, data[n].type)
+        flags[n] = pa.array(flag, pa.bool_())
 
 
 def _key_range(source: pa.Table, key: str) -> str | None:

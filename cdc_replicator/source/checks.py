@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 MIN_SERVER_VERSION = 140000
 
 
-def connect(dsn: str, *, connect_timeout: float = 10.0, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
+def connect(
+    dsn: str, *, connect_timeout: float = 10.0, autocommit: bool = True
+) -> psycopg.Connection[tuple[object, ...]]:
     """A regular connection with the session settings both data paths rely on."""
     try:
         return psycopg.connect(
@@ -53,15 +55,19 @@ def _fqn(table: TableId) -> sql.Composable:
     return sql.Identifier(table.schema, table.name)
 
 
-def preflight(conn: psycopg.Connection[tuple[object, ...]], tables: Sequence[TableId]) -> dict[TableId, TableSchema]:
+def preflight(
+    conn: psycopg.Connection[tuple[object, ...]], tables: Sequence[TableId]
+) -> dict[TableId, TableSchema]:
     """Check server, role and tables; return each table's schema (columns in attribute order, key)."""
-    row = conn.execute("select current_setting('server_version_num')::int, current_setting('wal_level')").fetchone()
+    row = conn.execute(
+        "select current_setting('server_version_num')::int, current_setting('wal_level')"
+    ).fetchone()
     assert row is not None
     version, wal_level = int(str(row[0])), str(row[1])
     if version < MIN_SERVER_VERSION:
         raise SourceError(
             f"PostgreSQL {version // 10000} is too old: logical replication with pgoutput needs 14 or newer",
-            hint="upgrade the server, or use mode = \"watermark\" against it",
+            hint='upgrade the server, or use mode = "watermark" against it',
         )
     if wal_level != "logical":
         raise WalLevelNotLogical(
@@ -130,13 +136,13 @@ def read_schema(conn: psycopg.Connection[tuple[object, ...]], table: TableId) ->
             f"table {table} has REPLICA IDENTITY NOTHING: its updates and deletes are not published",
             hint=f"run: alter table {fq} replica identity default;",
         )
-    columns = tuple(
-        Column(str(c[0]), int(str(c[1])), int(str(c[2])), bool(c[3]) or not has_pk) for c in cols
-    )
+    columns = tuple(Column(str(c[0]), int(str(c[1])), int(str(c[2])), bool(c[3]) or not has_pk) for c in cols)
     return TableSchema(table, columns, replident)
 
 
-def ensure_publication(conn: psycopg.Connection[tuple[object, ...]], name: str, tables: Sequence[TableId]) -> None:
+def ensure_publication(
+    conn: psycopg.Connection[tuple[object, ...]], name: str, tables: Sequence[TableId]
+) -> None:
     """Create the publication if missing; otherwise check it publishes every configured table."""
     row = conn.execute(
         "select puballtables, pubinsert and pubupdate and pubdelete and pubtruncate, pubviaroot "
@@ -165,7 +171,9 @@ def ensure_publication(conn: psycopg.Connection[tuple[object, ...]], name: str, 
             "set (publish = 'insert, update, delete, truncate');",
         )
     if not viaroot:
-        logger.warning("publication %s has publish_via_partition_root = false; partitions arrive separately", name)
+        logger.warning(
+            "publication %s has publish_via_partition_root = false; partitions arrive separately", name
+        )
     if alltables:
         return
     published = {

@@ -158,12 +158,14 @@ class LogicalSource:
             conn = ReplicationConnection(self._dsn, connect_timeout=self._connect_timeout)
             conn.start(self._slot, self._start, self._options())
             self._conn = conn
-            logger.info("replication started slot=%s from=%s streaming=%s", self._slot, self._start, self._streaming)
+            logger.info(
+                "replication started slot=%s from=%s streaming=%s", self._slot, self._start, self._streaming
+            )
             self._ready.set()
             self._loop(conn)
         except _Stopped:
             pass
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller thread
+        except BaseException as exc:
             if not isinstance(exc, ReplicatorError):
                 logger.debug("reader thread failed", exc_info=True)
             self._ready.set()
@@ -271,7 +273,7 @@ class LogicalSource:
 
     def _new_spill(self, xid: int) -> _Spill:
         path = self._spill_root / f"xid-{xid}.spill"
-        return _Spill(path, open(path, "w+b"))  # noqa: SIM115 - closed at replay/abort/close
+        return _Spill(path, open(path, "w+b"))
 
     def _spill(self, xid: int, msg: wire.Message, payload: memoryview) -> None:
         spill = self._spills.get(xid)
@@ -304,7 +306,9 @@ class LogicalSource:
         spill.messages = count
         spill.first = {x: v for x, v in spill.first.items() if v[0] < offset}
 
-    def _replay(self, conn: ReplicationConnection, msg: wire.StreamCommit, out: list[SourceEvent]) -> list[SourceEvent]:
+    def _replay(
+        self, conn: ReplicationConnection, msg: wire.StreamCommit, out: list[SourceEvent]
+    ) -> list[SourceEvent]:
         spill = self._spills.pop(msg.xid, None)
         if spill is not None:
             spill.file.seek(0, os.SEEK_END)

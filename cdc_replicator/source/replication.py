@@ -121,7 +121,12 @@ def classify_error(message: str, *, context: str) -> SourceError:
             f"{context}: {text}",
             hint="the slot was dropped while the daemon ran; re-sync with: cdc-replicator --config FILE snapshot",
         )
-    auth = ("password authentication failed", "no pg_hba.conf entry", "permission denied", "must be superuser")
+    auth = (
+        "password authentication failed",
+        "no pg_hba.conf entry",
+        "permission denied",
+        "must be superuser",
+    )
     if any(a in low for a in auth) or ("role" in low and "does not exist" in low):
         return SourceError(
             f"{context}: {text}",
@@ -183,7 +188,9 @@ class ReplicationConnection:
     def create_slot(self, name: str, *, export_snapshot: bool) -> CreatedSlot:
         """Create a pgoutput slot; with ``export_snapshot`` the snapshot lives until the next command."""
         snap = "export" if export_snapshot else "nothing"
-        res = self._command(f"CREATE_REPLICATION_SLOT {quote_ident(name)} LOGICAL pgoutput (SNAPSHOT '{snap}')")
+        res = self._command(
+            f"CREATE_REPLICATION_SLOT {quote_ident(name)} LOGICAL pgoutput (SNAPSHOT '{snap}')"
+        )
         return CreatedSlot(
             name=self._text(res, 0, 0) or name,
             consistent_point=Lsn.parse(self._text(res, 0, 1) or "0/0"),
@@ -225,7 +232,9 @@ class ReplicationConnection:
             if res is not None and res.error_message:
                 msg = res.error_message
             msg = msg or self._pgconn.error_message
-            raise classify_error(msg.decode(errors="replace") or "the server ended replication", context="stream")
+            raise classify_error(
+                msg.decode(errors="replace") or "the server ended replication", context="stream"
+            )
 
     def _consume(self) -> None:
         try:
@@ -256,7 +265,9 @@ class ReplicationConnection:
         msg = _STATUS.pack(b"r", write.value, flush.value, apply.value, now, 1 if reply else 0)
         try:
             if self._pgconn.put_copy_data(msg) != 1 or self._pgconn.flush() != 0:
-                raise classify_error(self._pgconn.error_message.decode(errors="replace"), context="send status")
+                raise classify_error(
+                    self._pgconn.error_message.decode(errors="replace"), context="send status"
+                )
         except psycopg.OperationalError as exc:
             raise classify_error(str(exc), context="send status") from exc
 

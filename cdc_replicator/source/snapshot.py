@@ -33,6 +33,12 @@ class _CopyStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def at_end(self) -> bool:
+        """Read ahead one chunk: True when the COPY produced no data at all (an empty table)."""
+        if not self._buf:
+            self._buf = memoryview(self._copy.read())
+        return not self._buf
+
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         while not self._buf:
             chunk = self._copy.read()
@@ -68,9 +74,14 @@ def copy_table(
             if snapshot is not None:
                 conn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
             with conn.cursor().copy(query) as copy:
+                stream = _CopyStream(copy)
+                if stream.at_end():
+                    return
                 reader = pacsv.open_csv(
-                    io.BufferedReader(_CopyStream(copy), buffer_size=block_size),
-                    read_options=pacsv.ReadOptions(column_names=names, block_size=block_size, use_threads=False),
+                    io.BufferedReader(stream, buffer_size=block_size),
+                    read_options=pacsv.ReadOptions(
+                        column_names=names, block_size=block_size, use_threads=False
+                    ),
                     parse_options=pacsv.ParseOptions(newlines_in_values=True, double_quote=True),
                     convert_options=pacsv.ConvertOptions(
                         column_types={n: pa.binary() for n in names},
@@ -79,8 +90,7 @@ def copy_table(
                         quoted_strings_can_be_null=False,
                     ),
                 )
-                for batch in reader:
-                    yield batch
+                yield from reader
     except psycopg.OperationalError as exc:
         raise classify_error(str(exc), context=f"copy of {schema.table} failed") from exc
     except psycopg.Error as exc:

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suite: local Postgres databases, Delta readers, polling with timeouts."""

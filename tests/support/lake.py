@@ -1,0 +1,95 @@
+"""Read Delta tables and their source tables as comparable, sorted rows (metadata columns dropped)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+from psycopg import sql
+
+from tests.support.pg import PgDatabase
+
+__all__ = ["delta_rows", "diff_tables", "source_rows", "table_path"]
+
+
+def table_path(lake: Path, table: str) -> Path:
+    schema, _, name = table.rpartition(".")
+    return lake / (schema or "public") / name
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return "NaN"
+    if isinstance(v, Decimal):
+        return v.normalize() if v.is_finite() else str(v)
+    if isinstance(v, datetime) and v.tzinfo is not None:
+        return v.astimezone(UTC)
+    if isinstance(v, memoryview):
+        return bytes(v)
+    return v
+
+
+def _key(row: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(repr(v) for v in row)
+
+
+def delta_rows(lake: Path, table: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of the Delta table, without ``_cdc_*`` columns, sorted."""
+    data = DeltaTable(str(table_path(lake, table))).to_pyarrow_table()
+    cols = [c for c in data.column_names if not c.startswith("_cdc_")]
+    data = data.select(cols)
+    # string_view → string so to_pylist gives str everywhere
+    data = data.cast(
+        pa.schema(
+            [
+                pa.field(f.name, pa.string() if pa.types.is_string_view(f.type) else f.type)
+                for f in data.schema
+            ]
+        )
+    )
+    rows = [tuple(_norm(r[c]) for c in cols) for r in data.to_pylist()]
+    return cols, sorted(rows, key=_key)
+
+
+def source_rows(db: PgDatabase, table: str, cols: list[str], text_cols: set[str]) -> list[tuple[Any, ...]]:
+    """The source table's rows, with ``text_cols`` read as their text form (as Delta stores them)."""
+    schema, _, name = table.rpartition(".")
+    items = [
+        sql.SQL("{}::text").format(sql.Identifier(c)) if c in text_cols else sql.Identifier(c) for c in cols
+    ]
+    q = sql.SQL("select {} from {}").format(
+        sql.SQL(", ").join(items), sql.Identifier(schema or "public", name)
+    )
+    rows = [tuple(_norm(v) for v in r) for r in db.query(q)]
+    return sorted(rows, key=_key)
+
+
+def diff_tables(db: PgDatabase, lake: Path, table: str) -> str | None:
+    """None when the Delta table equals its source row for row; else a short description."""
+    try:
+        cols, lake_rows = delta_rows(lake, table)
+    except TableNotFoundError:
+        return f"{table}: no Delta table yet"
+    dt = DeltaTable(str(table_path(lake, table)))
+    arrow = dt.schema().to_arrow()
+    text_cols = {
+        f.name
+        for f in (arrow.field(i) for i in range(len(arrow.names)))
+        if f.name in cols and ("string" in str(f.type) or "utf8" in str(f.type).lower())
+    }
+    src = source_rows(db, table, cols, text_cols)
+    if lake_rows == src:
+        return None
+    lk, sk = {_key(r) for r in lake_rows}, {_key(r) for r in src}
+    only_lake = [r for r in lake_rows if _key(r) not in sk][:3]
+    only_src = [r for r in src if _key(r) not in lk][:3]
+    return (
+        f"{table}: delta has {len(lake_rows)} rows, source {len(src)}; "
+        f"only in delta (first 3): {only_lake}; only in source (first 3): {only_src}"
+    )
