@@ -75,9 +75,9 @@ def run(ctx: click.Context) -> None:
     from cdc_replicator.daemon import install_signal_handlers
     from cdc_replicator.pipeline import Replicator
 
-    cfg = _load(ctx)
     stop = threading.Event()
-    install_signal_handlers(stop)
+    install_signal_handlers(stop)  # first: a SIGTERM during start-up still stops cleanly
+    cfg = _load(ctx)
     rep = Replicator(cfg, stop=stop)
     try:
         rep.run()

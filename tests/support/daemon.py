@@ -105,9 +105,19 @@ class Daemon:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
 
+    def wait_streaming(self, timeout: float = 60.0) -> None:
+        """Wait until this start of the daemon logged that it streams."""
+        wait_until(
+            lambda: not self.alive() or "streaming slot=" in self.logs[-1].read_text(errors="replace"),
+            timeout=timeout,
+            message="daemon did not start streaming",
+        )
+
     def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM and wait for a graceful exit; returns the exit code."""
+        """SIGTERM once the daemon streams, and wait for a graceful exit; returns the exit code."""
         assert self.proc is not None
+        if self.proc.poll() is None:
+            self.wait_streaming()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
