@@ -7,6 +7,8 @@ Rules (the ones a replay after a crash relies on):
   holds. A transaction that fits is never cut, so a batch holds less than twice the limits.
 - ``seq`` numbers the row changes of a transaction from 1 in stream order; the server sends a
   committed transaction the same way every time, so (commit LSN, seq) names a change across replays.
+  The decoder assigns it counting changes of every relation, configured or not, so it does not
+  shift when the table list changes between a crash and the restart.
 - Per table, only the last change of each key survives (stream order, not per-change WAL LSN).
   An UPDATE that changes the key first deletes the old key. A column sent as "unchanged TOAST"
   takes the value of an earlier change of the same key in the batch, or stays marked so the merge
@@ -64,6 +66,8 @@ class _TableBuffer:
     times: list[datetime] = field(default_factory=list)
     last: dict[tuple[Value, ...], int] = field(default_factory=dict)
     truncate: bool = False
+    truncate_lsn: int = 0
+    truncate_time: datetime | None = None
     changes: int = 0
     unchanged: set[int] = field(default_factory=set)
     moved: dict[int, tuple[Value, ...]] = field(default_factory=dict)  # row → old key, when unchanged stays
@@ -152,7 +156,15 @@ class _TableBuffer:
                 **moved,
             }
         )
-        return TablePatch(self.schema, rows, self.truncate, tuple(unchanged_names), self.changes)
+        return TablePatch(
+            self.schema,
+            rows,
+            self.truncate,
+            tuple(unchanged_names),
+            self.changes,
+            self.truncate_lsn,
+            self.truncate_time,
+        )
 
 
 class Batcher:
@@ -237,7 +249,7 @@ class Batcher:
             return None
         if isinstance(event, Truncate):
             txn = self._require_txn("Truncate")
-            self._seq += 1
+            self._seq = event.seq or self._seq + 1
             for table in event.tables:
                 if table in self._skip and self._positions[table].holds(txn.commit_lsn, self._seq):
                     continue
@@ -245,6 +257,8 @@ class Batcher:
                 self._rows -= len(buf.ops)
                 buf.clear()
                 buf.truncate = True
+                buf.truncate_lsn = txn.commit_lsn.value
+                buf.truncate_time = txn.commit_time
                 buf.changes += 1
             return None
         if isinstance(event, RelationChanged):
@@ -299,7 +313,7 @@ class Batcher:
 
     def _change(self, ch: RowChange) -> ChangeBatch | None:
         txn = self._require_txn("row change")
-        self._seq += 1
+        self._seq = ch.seq or self._seq + 1
         if ch.table in self._skip and self._positions[ch.table].holds(txn.commit_lsn, self._seq):
             return None
         buf = self._buffer(ch.table)

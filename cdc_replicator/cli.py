@@ -34,12 +34,21 @@ def _errors_to_exit(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except ReplicatorError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"error: {_with_config(exc.message)}", err=True)
             if exc.hint:
-                click.echo(f"  hint: {exc.hint}", err=True)
+                click.echo(f"  hint: {_with_config(exc.hint)}", err=True)
             sys.exit(exc.exit_code)
 
     return wrapper
+
+
+def _with_config(text: str) -> str:
+    """Hints say ``--config FILE``; name the file this command was given instead."""
+    ctx = click.get_current_context(silent=True)
+    path = ctx.find_root().obj.get("config_path") if ctx is not None and ctx.find_root().obj else None
+    if path is None:
+        return text.replace("cdc-replicator --config FILE ", "cdc-replicator ")
+    return text.replace("--config FILE", f"--config {path}")
 
 
 def _load(ctx: click.Context) -> Config:
@@ -99,7 +108,11 @@ def snapshot(ctx: click.Context) -> None:
         rep.resync_all()
     finally:
         rep.close()
-    click.echo(f"re-synced {len(cfg.tables)} table(s); start the daemon with: cdc-replicator run")
+    click.echo(
+        _with_config(
+            f"re-synced {len(cfg.tables)} table(s); start the daemon with: cdc-replicator --config FILE run"
+        )
+    )
 
 
 @cli.command()

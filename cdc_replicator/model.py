@@ -209,6 +209,7 @@ class RowChange:
     op: Op
     new: tuple[Value, ...] | None
     old: tuple[Value, ...] | None = None
+    seq: int = 0  # ordinal among ALL row changes of the transaction as sent (0: let the batcher count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,7 @@ class Truncate:
     """TRUNCATE of these tables inside the current transaction."""
 
     tables: tuple[TableId, ...]
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +259,8 @@ class TablePatch:
     truncate: bool = False
     unchanged_columns: tuple[str, ...] = ()
     changes: int = 0  # changes received before collapsing
+    truncate_lsn: int = 0  # commit LSN and time of the (last) TRUNCATE, when ``truncate``
+    truncate_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +23,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from cdc_replicator.errors import SinkError
 from cdc_replicator.model import Lsn, Op, PartialTxn, TableId, TablePatch, TablePosition, TableSchema
-from cdc_replicator.sink.plan import moved_keys, plan_merge, target_schema, typed_columns
+from cdc_replicator.sink.plan import MergePlan, moved_keys, plan_merge, quote, target_schema, typed_columns
 
 __all__ = ["ApplyResult", "DeltaSink"]
 
@@ -230,7 +231,7 @@ class DeltaSink:
         props = self._props(table, position, {"cdc.batch": str(batch_id)})
         before = dt.version()
         try:
-            if patch.truncate:
+            if patch.truncate and not soft:
                 write_deltalake(
                     dt,
                     plan.upsert_rows,
@@ -241,25 +242,7 @@ class DeltaSink:
                 self._tables.pop(table, None)
                 n = plan.upsert_rows.num_rows
                 return ApplyResult(table, before + 1, n, 0, 0, True)
-            merger = dt.merge(
-                plan.source,
-                predicate=plan.predicate,
-                source_alias="s",
-                target_alias="t",
-                commit_properties=props,
-            )
-            if plan.delete_predicate is not None:
-                merger = merger.when_matched_delete(plan.delete_predicate)
-            else:
-                soft_updates = plan.soft_delete_updates or {}
-                merger = merger.when_matched_update(
-                    soft_updates, "s._cdc_op = 'd' AND s._cdc_lsn >= t._cdc_lsn"
-                )
-            metrics = (
-                merger.when_matched_update(plan.updates, plan.update_predicate)
-                .when_not_matched_insert(plan.inserts, plan.insert_predicate)
-                .execute()
-            )
+            metrics = self._merge(dt, plan, props, patch)
             dt.update_incremental()
             if dt.version() == before:
                 # delta-rs does not commit a merge that changes no file; record the position anyway
@@ -284,8 +267,38 @@ class DeltaSink:
             int(metrics.get("num_target_rows_inserted", 0)),
             int(metrics.get("num_target_rows_updated", 0)),
             int(metrics.get("num_target_rows_deleted", 0)),
-            False,
+            patch.truncate,
         )
+
+    @staticmethod
+    def _merge(dt: DeltaTable, plan: MergePlan, props: CommitProperties, patch: TablePatch) -> dict[str, Any]:
+        """One sequenced MERGE. A TRUNCATE on a soft-delete table marks every other row deleted."""
+        predicate = plan.predicate
+        if patch.truncate:  # every row is concerned: no key range
+            predicate = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in patch.schema.key)
+        merger = dt.merge(
+            plan.source, predicate=predicate, source_alias="s", target_alias="t", commit_properties=props
+        )
+        if plan.delete_predicate is not None:
+            merger = merger.when_matched_delete(plan.delete_predicate)
+        else:
+            soft_updates = plan.soft_delete_updates or {}
+            merger = merger.when_matched_update(soft_updates, "s._cdc_op = 'd' AND s._cdc_lsn >= t._cdc_lsn")
+        merger = merger.when_matched_update(plan.updates, plan.update_predicate).when_not_matched_insert(
+            plan.inserts, plan.insert_predicate
+        )
+        if patch.truncate:
+            at = (patch.truncate_time or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            merger = merger.when_not_matched_by_source_update(
+                {
+                    "_cdc_deleted": "true",
+                    "_cdc_op": "'d'",
+                    "_cdc_lsn": str(int(patch.truncate_lsn)),
+                    "_cdc_committed_at": f"arrow_cast('{at}', 'Timestamp(Microsecond, Some(\"UTC\"))')",
+                },
+                "t._cdc_deleted IS DISTINCT FROM true",
+            )
+        return dict(merger.execute())
 
     @staticmethod
     def _rows_at(dt: DeltaTable, schema: TableSchema, keys: pa.Table) -> pa.Table:

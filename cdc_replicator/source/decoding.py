@@ -38,6 +38,11 @@ class Decoder:
         self._keys = dict(keys)
         self._relations: dict[int, TableSchema] = {}
         self._ignored: set[int] = set()
+        self._seq = 0  # row changes of the open transaction so far, of every relation
+
+    def start_transaction(self) -> None:
+        """A transaction begins outside ``decode`` (a streamed one replayed from its spill)."""
+        self._seq = 0
 
     def relation(self, relation_id: int) -> TableSchema | None:
         return self._relations.get(relation_id)
@@ -45,32 +50,37 @@ class Decoder:
     def decode(self, msg: wire.Message) -> list[SourceEvent]:
         """Events for one message (most give one event, some none)."""
         if isinstance(msg, wire.Insert):
+            self._seq += 1
             schema = self._schema(msg.relation_id)
-            return [] if schema is None else [RowChange(schema.table, Op.INSERT, msg.new)]
+            return [] if schema is None else [RowChange(schema.table, Op.INSERT, msg.new, None, self._seq)]
         if isinstance(msg, wire.Update):
+            self._seq += 1
             schema = self._schema(msg.relation_id)
             if schema is None:
                 return []
             new = msg.new
             if msg.old_kind == "O" and msg.old is not None and UNCHANGED in new:
                 new = _fill_unchanged(new, msg.old)
-            return [RowChange(schema.table, Op.UPDATE, new, msg.old)]
+            return [RowChange(schema.table, Op.UPDATE, new, msg.old, self._seq)]
         if isinstance(msg, wire.Delete):
+            self._seq += 1
             schema = self._schema(msg.relation_id)
-            return [] if schema is None else [RowChange(schema.table, Op.DELETE, None, msg.old)]
+            return [] if schema is None else [RowChange(schema.table, Op.DELETE, None, msg.old, self._seq)]
         if isinstance(msg, wire.Begin):
+            self._seq = 0
             return [Begin(msg.xid, Lsn(msg.final_lsn), pg_time_to_datetime(msg.commit_time))]
         if isinstance(msg, wire.Commit):
             return [Commit(Lsn(msg.commit_lsn), Lsn(msg.end_lsn), pg_time_to_datetime(msg.commit_time))]
         if isinstance(msg, wire.Relation):
             return self._relation(msg)
         if isinstance(msg, wire.Truncate):
+            self._seq += 1
             tables = []
             for rid in msg.relation_ids:
                 schema = self._schema(rid)
                 if schema is not None:
                     tables.append(schema.table)
-            return [Truncate(tuple(tables))] if tables else []
+            return [Truncate(tuple(tables), self._seq)] if tables else []
         # Origin, Type, LogicalMessage: nothing for the data flow (yet).
         return []
 

@@ -314,6 +314,7 @@ class LogicalSource:
             spill.file.seek(0, os.SEEK_END)
         at = pg_time_to_datetime(msg.commit_time)
         out.append(Begin(msg.xid, Lsn(msg.commit_lsn), at))
+        self._decoder.start_transaction()
         if spill is not None:
             f = spill.file
             f.flush()

@@ -102,8 +102,9 @@ def _quote_literal(value: str) -> str:
 
 def classify_error(message: str, *, context: str) -> SourceError:
     """Map a server or libpq error text to the error class that says what to do about it."""
-    text = message.strip()
-    low = text.lower()
+    lines = message.strip().splitlines()
+    text = lines[0].strip() if lines else ""  # libpq adds indented advice lines; the first says what
+    low = message.lower()
     if "is active for pid" in low:
         return SlotInUse(
             f"{context}: {text}",

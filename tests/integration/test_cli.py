@@ -27,7 +27,13 @@ SOURCE_ERROR = 3
 SLOT_LOST = 4  # SlotInvalidated and PositionMismatch
 SLOT = "cdc_test"
 T = "public.t"
-RESYNC = "cdc-replicator --config file snapshot"  # messages are compared lower-cased
+
+
+def resync(config: Path) -> str:
+    """The re-sync command a refusal must print: with the config file it was given (lower-cased)."""
+    return f"cdc-replicator --config {config} snapshot".lower()
+
+
 CLI_TIMEOUT = 60.0
 
 
@@ -274,7 +280,7 @@ def test_a_dropped_slot_is_refused_naming_the_tables_until_a_snapshot_resyncs_th
 
     message = refusal(run_cli(daemon.config, "run", timeout=CLI_TIMEOUT), SLOT_LOST)
     assert f"slot '{SLOT}' does not exist" in message and f"{T} at " in message
-    assert RESYNC in message
+    assert resync(daemon.config) in message
     assert _find_slot(pg) is None, "a refused start must not recreate the slot"
 
     snap = run_cli(daemon.config, "snapshot", timeout=CLI_TIMEOUT)
@@ -303,7 +309,7 @@ def test_a_slot_advanced_beyond_what_was_applied_is_refused_listing_the_tables_t
     message = refusal(run_cli(daemon.config, "run", timeout=CLI_TIMEOUT), SLOT_LOST)
     assert f"confirmed up to {advanced.lower()}" in message and "beyond what was durably applied" in message
     assert "tables that need a re-sync: public.a, public.b" in message
-    assert RESYNC in message
+    assert resync(daemon.config) in message
     assert _slot(pg).confirmed_flush == advanced, "a refused start must not move the slot"
 
 
@@ -317,7 +323,7 @@ def test_a_slot_recreated_by_someone_else_is_refused(pg: PgDatabase, tmp_lake: P
 
     message = refusal(run_cli(daemon.config, "run", timeout=CLI_TIMEOUT), SLOT_LOST)
     assert "advanced or recreated by someone else" in message and T in message
-    assert RESYNC in message
+    assert resync(daemon.config) in message
 
 
 def test_an_invalidated_slot_is_refused_with_the_resync_command(
@@ -345,7 +351,7 @@ def test_an_invalidated_slot_is_refused_with_the_resync_command(
 
     message = refusal(run_cli(daemon.config, "run", timeout=CLI_TIMEOUT), SLOT_LOST)
     assert f"slot '{SLOT}' is invalidated" in message and "lost" in message
-    assert RESYNC in message and "max_slot_wal_keep_size" in message
+    assert resync(daemon.config) in message and "max_slot_wal_keep_size" in message
 
 
 # ---- 12. a second daemon on the same slot ------------------------------------------------------

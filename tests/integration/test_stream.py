@@ -120,6 +120,16 @@ def test_soft_delete_keeps_the_row_marked_deleted(pg: PgDatabase, tmp_lake: Path
 
     [row] = wait_until(deleted, timeout=30, message="row 1 not marked deleted")
     assert row["v"] == "a" and row["_cdc_op"] == "d"
+
+    # TRUNCATE marks every row deleted, in the same commit as what follows it
+    pg.execute("begin; truncate t; insert into t values (3, 'c'); commit")
+
+    def after_truncate() -> list[tuple[object, ...]] | None:
+        rows = DeltaTable(str(table_path(tmp_lake, "public.t"))).to_pyarrow_table().to_pylist()
+        got = sorted((r["id"], r["v"], r["_cdc_deleted"]) for r in rows)
+        return got if got == [(1, "a", True), (2, "b", True), (3, "c", False)] else None
+
+    wait_until(after_truncate, timeout=30, message="truncate not applied as soft deletes")
     assert daemon.stop() == 0
 
 

@@ -143,7 +143,7 @@ def test_an_insert_becomes_a_row_change_with_the_new_row() -> None:
     d = announced(decoder())
 
     assert d.decode(wire.Insert(None, ORDERS_ID, (b"1", None, b"x"))) == [
-        RowChange(ORDERS, Op.INSERT, (b"1", None, b"x"))
+        RowChange(ORDERS, Op.INSERT, (b"1", None, b"x"), None, 1)
     ]
 
 
@@ -152,7 +152,7 @@ def test_an_update_keeps_the_old_key_the_server_sent() -> None:
 
     events = d.decode(wire.Update(None, ORDERS_ID, "K", (b"1", None, None), (b"2", b"5", UNCHANGED)))
 
-    assert events == [RowChange(ORDERS, Op.UPDATE, (b"2", b"5", UNCHANGED), (b"1", None, None))]
+    assert events == [RowChange(ORDERS, Op.UPDATE, (b"2", b"5", UNCHANGED), (b"1", None, None), 1)]
 
 
 def test_an_update_without_an_old_tuple_leaves_unchanged_toast_marked() -> None:
@@ -160,7 +160,7 @@ def test_an_update_without_an_old_tuple_leaves_unchanged_toast_marked() -> None:
 
     (event,) = d.decode(wire.Update(None, ORDERS_ID, None, None, (b"1", b"5", UNCHANGED)))
 
-    assert event == RowChange(ORDERS, Op.UPDATE, (b"1", b"5", UNCHANGED), None)
+    assert event == RowChange(ORDERS, Op.UPDATE, (b"1", b"5", UNCHANGED), None, 1)
 
 
 def test_an_update_under_replica_identity_full_fills_unchanged_columns_from_the_old_row() -> None:
@@ -169,18 +169,31 @@ def test_an_update_under_replica_identity_full_fills_unchanged_columns_from_the_
 
     (event,) = d.decode(wire.Update(None, ORDERS_ID, "O", old, (b"1", b"5", UNCHANGED)))
 
-    assert event == RowChange(ORDERS, Op.UPDATE, (b"1", b"5", b"long document"), old)
+    assert event == RowChange(ORDERS, Op.UPDATE, (b"1", b"5", b"long document"), old, 1)
 
 
 def test_a_delete_carries_the_old_key_or_row_and_no_new_row() -> None:
     d = announced(decoder())
 
     assert d.decode(wire.Delete(None, ORDERS_ID, "K", (b"1", None, None))) == [
-        RowChange(ORDERS, Op.DELETE, None, (b"1", None, None))
+        RowChange(ORDERS, Op.DELETE, None, (b"1", None, None), 1)
     ]
     assert d.decode(wire.Delete(None, ORDERS_ID, "O", (b"1", b"4", b"doc"))) == [
-        RowChange(ORDERS, Op.DELETE, None, (b"1", b"4", b"doc"))
+        RowChange(ORDERS, Op.DELETE, None, (b"1", b"4", b"doc"), 2)
     ]
+
+
+def test_changes_are_numbered_across_every_relation_so_the_table_list_does_not_shift_them() -> None:
+    d = announced(decoder(), relation(), relation(OTHER_ID, "audit"))
+    d.decode(wire.Begin(0x1000, 0, 7))
+
+    d.decode(wire.Insert(None, OTHER_ID, (b"1",)))  # not configured: dropped, but counted
+    (event,) = d.decode(wire.Insert(None, ORDERS_ID, (b"1", None, b"x")))
+    assert isinstance(event, RowChange) and event.seq == 2
+
+    d.decode(wire.Begin(0x2000, 0, 8))  # numbering restarts with each transaction
+    (event,) = d.decode(wire.Insert(None, ORDERS_ID, (b"2", None, b"y")))
+    assert isinstance(event, RowChange) and event.seq == 1
 
 
 # ---- transaction boundaries --------------------------------------------------------------------
@@ -215,7 +228,7 @@ def test_truncate_maps_relation_ids_to_tables_and_drops_ignored_ones() -> None:
 
     events = d.decode(wire.Truncate(None, 0, (ORDERS_ID, OTHER_ID, 16400)))
 
-    assert events == [Truncate((ORDERS, items))]
+    assert events == [Truncate((ORDERS, items), 1)]
 
 
 def test_a_truncate_of_only_ignored_tables_gives_no_event() -> None:
