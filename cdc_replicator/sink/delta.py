@@ -135,11 +135,14 @@ class DeltaSink:
         position: Lsn,
         loaded_at: datetime,
         chunk_rows: int = 1_000_000,
+        chunk_bytes: int = 128 * 1024 * 1024,
     ) -> int:
         """Replace the table with the given rows (PostgreSQL text), then record ``position``.
 
         The first commit overwrites the table and clears its position, so a load cut short by a
-        crash is never mistaken for a complete one; the last commit sets the position.
+        crash is never mistaken for a complete one; the last commit sets the position. Rows are
+        written in chunks of at most ``chunk_rows`` rows or ``chunk_bytes`` of Arrow data, so
+        memory does not grow with the table.
         """
         table = schema.table
         soft = table in self._soft
@@ -147,6 +150,7 @@ class DeltaSink:
         cleared = TablePosition(Lsn.ZERO)
         pending: list[pa.Table] = []
         pending_rows = 0
+        pending_bytes = 0
         total = 0
         first = True
 
@@ -175,11 +179,11 @@ class DeltaSink:
                 raise SinkError(f"writing the load of {table} to {self.uri(table)} failed") from exc
 
         def flush(pos: TablePosition) -> None:
-            nonlocal pending, pending_rows, first
+            nonlocal pending, pending_rows, pending_bytes, first
             data = pa.concat_tables(pending) if pending else tschema.empty_table()
             write(data, pos, "overwrite" if first else "append")
             first = False
-            pending, pending_rows = [], 0
+            pending, pending_rows, pending_bytes = [], 0, 0
 
         for chunk in batches:
             n = chunk.num_rows
@@ -193,10 +197,12 @@ class DeltaSink:
             ]
             if soft:
                 meta.append(pa.array([False] * n, pa.bool_()))
-            pending.append(pa.Table.from_arrays([*cols, *meta], schema=tschema))
+            typed = pa.Table.from_arrays([*cols, *meta], schema=tschema)
+            pending.append(typed)
             pending_rows += n
+            pending_bytes += typed.nbytes
             total += n
-            if pending_rows >= chunk_rows:
+            if pending_rows >= chunk_rows or pending_bytes >= chunk_bytes:
                 flush(cleared)
         flush(TablePosition(position))
         self._tables.pop(table, None)

@@ -148,3 +148,40 @@ def test_postgres_restart_while_streaming_is_survived(pg: PgDatabase, tmp_lake: 
     wait_converged(pg, tmp_lake, TABLES, daemon=daemon, timeout=120)
     assert daemon.alive(), daemon.output()
     assert daemon.stop() == 0
+
+
+def test_changes_made_during_the_initial_load_are_neither_lost_nor_applied_twice(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    import threading
+
+    pg.execute("create table wide (id bigint primary key, n int not null, pad text)")
+    pg.execute("insert into wide select g, 0, repeat(md5(g::text), 4) from generate_series(1, 200000) g")
+    write_config(daemon.config, pg, tmp_lake, ["public.wide"])
+    stop = threading.Event()
+    done: list[int] = []
+
+    def writer() -> None:
+        # every statement commits on its own while the snapshot is being copied
+        with pg.connect(autocommit=True) as conn:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                conn.execute("update wide set n = n + 1 where id = %s", (1 + (i * 7919) % 200000,))
+                conn.execute("insert into wide values (%s, 1, 'new')", (1_000_000 + i,))
+                conn.execute("delete from wide where id = %s", (100_000 + i,))
+            done.append(i)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        daemon.start()
+        wait_until(
+            lambda: "initial load done" in daemon.output(100), timeout=120, message="load did not finish"
+        )
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert done and done[0] > 10, "the writer did not overlap the load"
+    wait_converged(pg, tmp_lake, ["public.wide"], daemon=daemon, timeout=120)
+    assert daemon.stop() == 0
