@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import click
 
 from cdc_replicator import __version__
 from cdc_replicator.config import Config, load_config
-from cdc_replicator.errors import ReplicatorError
+from cdc_replicator.errors import ConfigError, ReplicatorError
 from cdc_replicator.log import setup_logging
 
 __all__ = ["main"]
@@ -96,23 +97,50 @@ def run(ctx: click.Context) -> None:
 
 
 @cli.command()
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="SCHEMA.TABLE",
+    help="Load only these configured tables (repeatable). Default: every table, recreating the slot.",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Connections copying at once (default: snapshot.parallel, else one per core, at most 4).",
+)
 @click.pass_context
 @_errors_to_exit
-def snapshot(ctx: click.Context) -> None:
-    """Re-sync every table: recreate the slot and reload all tables (stop the daemon first)."""
-    from cdc_replicator.pipeline import Replicator
+def snapshot(ctx: click.Context, tables: tuple[str, ...], parallel: int | None) -> None:
+    """Load tables into Delta: fast, parallel, resumable (run it again after an interruption).
 
+    Without --table, every table is reloaded and the slot recreated. With --table, only those
+    tables are reloaded; the daemon's slot is kept and the daemon continues where it was.
+    Stop the daemon first.
+    """
+    from cdc_replicator.daemon import install_signal_handlers
+    from cdc_replicator.model import TableId
+    from cdc_replicator.pipeline import Replicator
+    from cdc_replicator.progress import LoadProgress, render_summary
+
+    stop = threading.Event()
+    install_signal_handlers(stop)
     cfg = _load(ctx)
-    rep = Replicator(cfg)
     try:
-        rep.resync_all()
+        wanted = [TableId.parse(t) for t in tables] or None
+    except ValueError as exc:
+        raise ConfigError(f"--table: {exc}") from exc
+    rep = Replicator(cfg, stop=stop)
+    progress = LoadProgress()
+    try:
+        with progress:
+            rep.snapshot(wanted, parallel=parallel, progress=progress)
     finally:
         rep.close()
-    click.echo(
-        _with_config(
-            f"re-synced {len(cfg.tables)} table(s); start the daemon with: cdc-replicator --config FILE run"
-        )
-    )
+    click.echo(render_summary(progress.summary()), err=True)
+    n = len(wanted or cfg.tables)
+    click.echo(_with_config(f"loaded {n} table(s); start the daemon with: cdc-replicator --config FILE run"))
 
 
 @cli.command()
@@ -159,4 +187,22 @@ def demo(workdir: Path, seconds: float, pg_version: str | None) -> None:
 
 
 def main() -> None:
-    cli(prog_name="cdc-replicator")
+    """Run the CLI, then leave with ``os._exit``.
+
+    delta-rs and Arrow keep native thread pools whose teardown at interpreter exit can abort the
+    process ("terminate called without an active exception", delta-rs issue #2184) after all work is
+    done; a daemon that stopped cleanly must still exit 0. Everything is flushed and closed first.
+    """
+    code = 0
+    try:
+        cli(prog_name="cdc-replicator")
+    except SystemExit as exc:
+        if isinstance(exc.code, int):
+            code = exc.code
+        elif exc.code is not None:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -42,6 +42,7 @@ from cdc_replicator.model import TableId
 __all__ = [
     "ENV_PREFIX",
     "BatchConfig",
+    "SnapshotConfig",
     "Config",
     "LogConfig",
     "LogFormat",
@@ -132,6 +133,14 @@ class BatchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotConfig:
+    """Table loads (initial load and ``cdc-replicator snapshot``)."""
+
+    parallel: int = 0  # connections copying at once; 0 = one per CPU core, at most 4
+    chunk_rows: int = 500_000  # rows per chunk (one Delta commit, about one file)
+
+
+@dataclass(frozen=True, slots=True)
 class StateConfig:
     """The SQLAlchemy URL of the operational state store."""
 
@@ -171,6 +180,7 @@ class Config:
     target: TargetConfig
     tables: tuple[TableConfig, ...]
     batch: BatchConfig = BatchConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
     state: StateConfig = StateConfig()
     server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
@@ -270,6 +280,7 @@ _SECTIONS: Final[dict[str, type]] = {
     "source": SourceConfig,
     "target": TargetConfig,
     "batch": BatchConfig,
+    "snapshot": SnapshotConfig,
     "state": StateConfig,
     "server": ServerConfig,
     "log": LogConfig,
@@ -441,6 +452,7 @@ class _Document:
         src = _Section(self, "source", SourceConfig)
         tgt = _Section(self, "target", TargetConfig)
         batch = _Section(self, "batch", BatchConfig)
+        snap = _Section(self, "snapshot", SnapshotConfig)
         server = _Section(self, "server", ServerConfig)
         log = _Section(self, "log", LogConfig)
         state = _Section(self, "state", StateConfig)
@@ -468,6 +480,10 @@ class _Document:
                 max_rows=batch.get("max_rows", _positive_int),
                 max_bytes=batch.get("max_bytes", _positive_int),
                 max_seconds=batch.get("max_seconds", _positive_float),
+            ),
+            snapshot=SnapshotConfig(
+                parallel=snap.get("parallel", _nonnegative_int),
+                chunk_rows=snap.get("chunk_rows", _positive_int),
             ),
             state=StateConfig(url=state.get("url", _sqlalchemy_url)),
             server=ServerConfig(listen=server.get("listen", _listen), enabled=server.get("enabled", _bool)),
@@ -602,6 +618,12 @@ def _positive_float(value: object, from_env: bool) -> float:
     if result <= 0:
         raise _Invalid(expected)
     return result
+
+
+def _nonnegative_int(value: object, from_env: bool) -> int:
+    if value == 0 or value == "0":
+        return 0
+    return _positive_int(value, from_env)
 
 
 def _nonnegative_float(value: object, from_env: bool) -> float:

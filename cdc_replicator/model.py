@@ -18,6 +18,7 @@ __all__ = [
     "Column",
     "Commit",
     "Keepalive",
+    "KeyRange",
     "Lsn",
     "Op",
     "PartialTxn",
@@ -175,6 +176,23 @@ class TablePosition:
             return self.lsn >= other.lsn
         p = other.partial
         return self.holds(p.commit_lsn, p.seq) and self.lsn >= other.lsn
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """A chunk of a table: keys (in key-column order, PostgreSQL text forms) with lo <= key < hi.
+
+    ``None`` bounds are open. For a table without a primary key the chunk is a range of heap pages
+    (``pages``: first page, first page after) and ``lo``/``hi`` are unused.
+    """
+
+    lo: tuple[str, ...] | None = None
+    hi: tuple[str, ...] | None = None
+    pages: tuple[int, int | None] | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.lo is None and self.hi is None and self.pages is None
 
 
 # ---- events a source emits, in commit order -------------------------------------------------

@@ -8,11 +8,11 @@ state store before it is sent, so a later start can tell a slot moved by someone
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import psycopg
 from tenacity import (
@@ -28,7 +28,8 @@ from cdc_replicator import failpoints
 from cdc_replicator.batching import Batcher, BatchLimits
 from cdc_replicator.checkpoint import Recorded, SlotState, StartKind, StartPlan, plan_start
 from cdc_replicator.config import Config, redact_dsn
-from cdc_replicator.errors import ContractViolation, ReplicatorError, SourceError
+from cdc_replicator.errors import ConfigError, ContractViolation, ReplicatorError, SourceError
+from cdc_replicator.loader import Loader, LoadResult, ProgressSink
 from cdc_replicator.model import (
     ChangeBatch,
     Keepalive,
@@ -42,7 +43,6 @@ from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.source import checks
 from cdc_replicator.source.logical import LogicalSource
 from cdc_replicator.source.replication import ReplicationConnection
-from cdc_replicator.source.snapshot import copy_table
 from cdc_replicator.state import StateStore
 
 __all__ = ["BatchReport", "Replicator"]
@@ -107,21 +107,91 @@ class Replicator:
                     return
                 self._run_once()
 
-    def resync_all(self) -> None:
-        """Full re-sync: drop and recreate the slot, reload every table. The daemon must be stopped."""
-        with checks.connect(
-            self._cfg.source.dsn, connect_timeout=self._cfg.source.connect_timeout_seconds
-        ) as conn:
+    def snapshot(
+        self,
+        tables: Sequence[TableId] | None = None,
+        *,
+        parallel: int | None = None,
+        progress: ProgressSink | None = None,
+    ) -> list[LoadResult]:
+        """Load tables while the daemon is stopped; resumes a load that was cut short.
+
+        All tables (``tables`` None, or no slot yet): the slot is recreated with an exported
+        snapshot and every table is loaded in it. Some tables: they are loaded in the snapshot of a
+        temporary slot, and each ends at that slot's consistent point, so the daemon, resuming from
+        its own slot, skips their older changes and applies the newer ones.
+        """
+        src = self._cfg.source
+        wanted = list(tables) if tables else list(self._tables)
+        unknown = [str(t) for t in wanted if t not in self._tables]
+        if unknown:
+            raise ConfigError(
+                f"config: {', '.join(unknown)} is not a configured table",
+                hint="add it to [[tables]] first (the daemon must know the tables it streams)",
+            )
+        with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
             schemas = checks.preflight(conn, self._tables)
-            checks.ensure_publication(conn, self._cfg.source.publication, self._tables)
-            slot = checks.slot_info(conn, self._slot)
-            if slot is not None and slot.active_pid is not None:
+            checks.ensure_publication(conn, src.publication, self._tables)
+            info = checks.slot_info(conn, self._slot)
+            if info is not None and info.active_pid is not None:
                 raise SourceError(
-                    f"replication slot {self._slot!r} is in use by process {slot.active_pid}",
+                    f"replication slot {self._slot!r} is in use by process {info.active_pid}",
                     hint="stop the running cdc-replicator first, then run the snapshot again",
                 )
+            rec = self._state.slot(self._slot)
             system_id = self._system_id()
-            self._initial_load(conn, schemas, system_id)
+            whole = tables is None or info is None or (rec is not None and rec.load_state == "loading")
+            if whole:
+                self._full_load(conn, schemas, system_id, progress=progress, parallel=parallel)
+                return self._last_results
+        return self._partial_load([schemas[t] for t in wanted], progress=progress, parallel=parallel)
+
+    _last_results: list[LoadResult] = []
+
+    def _loader(self, parallel: int | None, progress: ProgressSink | None) -> Loader:
+        snap = self._cfg.snapshot
+        n = parallel or snap.parallel or min(4, os.cpu_count() or 1)
+        return Loader(
+            dsn=self._cfg.source.dsn,
+            sink=self._sink,
+            state=self._state,
+            slot=self._slot,
+            parallel=n,
+            chunk_rows=snap.chunk_rows,
+            stop=self._stop,
+            progress=progress,
+            connect_timeout=self._cfg.source.connect_timeout_seconds,
+        )
+
+    def _partial_load(
+        self, schemas: list[TableSchema], *, progress: ProgressSink | None, parallel: int | None
+    ) -> list[LoadResult]:
+        """Re-sync some tables in the snapshot of a temporary slot (the daemon's slot stays as is)."""
+        src = self._cfg.source
+        repl = ReplicationConnection(src.dsn, connect_timeout=src.connect_timeout_seconds)
+        try:
+            temp = repl.create_slot(f"{self._slot}_snap_{os.getpid()}", export_snapshot=True, temporary=True)
+            point = temp.consistent_point
+            # a load of the same tables cut short keeps its position: the rows it already wrote are older
+            recs = [self._state.load(self._slot, s.table) for s in schemas]
+            resumable = [r for r in recs if r is not None and r.state == "running"]
+            position = min((r.position for r in resumable), default=point)
+            if any(r.position != position for r in resumable) or len(resumable) not in (0, len(schemas)):
+                position = point  # mixed history: start these tables over
+                fresh = True
+            else:
+                fresh = False
+            logger.info(
+                "table snapshot tables=%s snapshot_at=%s position=%s",
+                [str(s.table) for s in schemas],
+                point,
+                position,
+            )
+            return self._loader(parallel, progress).run(
+                schemas, position=position, snapshot=temp.snapshot_name, snapshot_lsn=point, fresh=fresh
+            )
+        finally:
+            repl.close()
 
     # ---- one attempt ------------------------------------------------------------------------
 
@@ -164,52 +234,72 @@ class Replicator:
             )
             if plan.kind is not StartKind.STREAM:
                 logger.info("initial load needed reason=%s slot=%s", plan.kind.value, self._slot)
-                start = self._initial_load(conn, schemas, system_id)
+                start = self._full_load(conn, schemas, system_id)
                 plan = StartPlan(StartKind.STREAM, start)
         self._stream(schemas, plan.start)
 
-    def _initial_load(
+    def _full_load(
         self,
         conn: psycopg.Connection[tuple[object, ...]],
         schemas: Mapping[TableId, TableSchema],
         system_id: str,
+        *,
+        progress: ProgressSink | None = None,
+        parallel: int | None = None,
     ) -> Lsn:
-        """Create the slot with an exported snapshot and copy every table inside that snapshot."""
+        """Load every table at the slot's consistent point; resume our own load that was cut short.
+
+        Fresh: (re)create the slot with an exported snapshot and copy every chunk inside it.
+        Resume (the state store says our load runs and the slot has not moved since): the chunks
+        still missing are read in a temporary slot's newer snapshot; positions stay at the slot's.
+        """
         src = self._cfg.source
-        self._state.begin_load(self._slot, system_id)
-        checks.drop_slot(conn, self._slot)
+        rec = self._state.slot(self._slot)
+        info = checks.slot_info(conn, self._slot)
+        resume = (
+            rec is not None
+            and rec.load_state == "loading"
+            and rec.consistent_point is not None
+            and info is not None
+            and info.active_pid is None
+            and info.confirmed_flush == rec.consistent_point
+        )
+        ordered = [schemas[t] for t in self._tables]
         repl = ReplicationConnection(src.dsn, connect_timeout=src.connect_timeout_seconds)
         try:
-            created = repl.create_slot(self._slot, export_snapshot=True)
-            point = created.consistent_point
-            self._state.set_consistent_point(self._slot, point)
-            logger.info("replication slot created slot=%s consistent_point=%s", self._slot, point)
-            loaded_at = datetime.now(UTC)
-            with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as copy_conn:
-                for table in self._tables:
-                    if self._stop.is_set():
-                        raise ReplicatorError("stopped during the initial load; the next start loads again")
-                    schema = schemas[table]
-                    self._state.table_status(self._slot, table, "loading")
-                    started = time.monotonic()
-                    rows = self._sink.load(
-                        schema,
-                        copy_table(copy_conn, schema, snapshot=created.snapshot_name),
-                        position=point,
-                        loaded_at=loaded_at,
-                    )
-                    failpoints.hit("after_table_load")
-                    self._state.table_status(
-                        self._slot, table, "streaming", position=str(point), rows_loaded=rows
-                    )
-                    logger.info(
-                        "initial load done table=%s rows=%d seconds=%.1f",
-                        table,
-                        rows,
-                        time.monotonic() - started,
-                    )
+            if resume and rec is not None and rec.consistent_point is not None:
+                point = rec.consistent_point
+                temp = repl.create_slot(
+                    f"{self._slot}_snap_{os.getpid()}", export_snapshot=True, temporary=True
+                )
+                logger.info(
+                    "initial load resumed slot=%s position=%s snapshot_at=%s",
+                    self._slot,
+                    point,
+                    temp.consistent_point,
+                )
+                self._last_results = self._loader(parallel, progress).run(
+                    ordered,
+                    position=point,
+                    snapshot=temp.snapshot_name,
+                    snapshot_lsn=temp.consistent_point,
+                    fresh=False,
+                )
+            else:
+                self._state.begin_load(self._slot, system_id)
+                checks.drop_slot(conn, self._slot)
+                created = repl.create_slot(self._slot, export_snapshot=True)
+                point = created.consistent_point
+                self._state.set_consistent_point(self._slot, point)
+                logger.info("replication slot created slot=%s consistent_point=%s", self._slot, point)
+                failpoints.hit("after_slot_created")
+                self._last_results = self._loader(parallel, progress).run(
+                    ordered, position=point, snapshot=created.snapshot_name, snapshot_lsn=point, fresh=True
+                )
         finally:
             repl.close()
+        for r in self._last_results:
+            logger.info("initial load done table=%s rows=%d chunks=%d", r.table, r.rows, r.chunks)
         self._state.finish_load(self._slot, point)
         return point
 

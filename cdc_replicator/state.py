@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -14,9 +15,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_replicator.errors import ConfigError, ReplicatorError
-from cdc_replicator.model import Lsn, TableId
+from cdc_replicator.model import KeyRange, Lsn, TableId
 
-__all__ = ["SlotRecord", "StateStore", "migrations_dir"]
+__all__ = ["LoadRecord", "SlotRecord", "StateStore", "migrations_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,31 @@ class SlotRecord:
     applied_lsn: Lsn | None
 
 
+@dataclass(frozen=True, slots=True)
+class LoadRecord:
+    table: TableId
+    load_id: str
+    position: Lsn
+    state: str
+    chunks: int
+    chunks_done: int
+    rows_done: int
+
+
+def _bounds_json(r: KeyRange) -> str:
+    return json.dumps({"lo": r.lo, "hi": r.hi, "pages": r.pages})
+
+
+def _bounds(text: str) -> KeyRange:
+    d = json.loads(text)
+    lo, hi, pages = d.get("lo"), d.get("hi"), d.get("pages")
+    return KeyRange(
+        lo=None if lo is None else tuple(lo),
+        hi=None if hi is None else tuple(hi),
+        pages=None if pages is None else (int(pages[0]), None if pages[1] is None else int(pages[1])),
+    )
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -58,7 +84,9 @@ class StateStore:
             raise ConfigError(f"config: state.url is not a SQLAlchemy URL: {url!r}") from exc
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self._engine: Engine = create_engine(url)
+        sqlite = parsed.get_backend_name() == "sqlite"
+        # loader threads write chunk progress concurrently: let sqlite wait for its lock
+        self._engine: Engine = create_engine(url, connect_args={"timeout": 30} if sqlite else {})
         if parsed.get_backend_name() == "sqlite":
             event.listen(self._engine, "connect", _sqlite_pragmas)
         self.migrate()
@@ -118,6 +146,8 @@ class StateStore:
         with self._engine.begin() as conn:
             conn.execute(text("delete from cdc_source_position where slot = :s"), {"s": slot})
             conn.execute(text("delete from cdc_table_status where slot = :s"), {"s": slot})
+            conn.execute(text("delete from cdc_load_chunk where slot = :s"), {"s": slot})
+            conn.execute(text("delete from cdc_load where slot = :s"), {"s": slot})
             conn.execute(
                 text(
                     "insert into cdc_source_position (slot, system_id, load_state, updated_at) "
@@ -153,6 +183,94 @@ class StateStore:
         stmt = text(f"update cdc_source_position set {assignment}, updated_at = :t where slot = :s")  # noqa: S608
         with self._engine.begin() as conn:
             conn.execute(stmt, {"s": slot, "v": value, "t": _now()})
+
+    # ---- chunked loads -----------------------------------------------------------------------
+
+    def load(self, slot: str, table: TableId) -> LoadRecord | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "select load_id, position, state, chunks from cdc_load where slot = :s and table_name = :t"
+                ),
+                {"s": slot, "t": str(table)},
+            ).fetchone()
+            if row is None:
+                return None
+            done = conn.execute(
+                text(
+                    "select count(*), coalesce(sum(rows), 0) from cdc_load_chunk "
+                    "where slot = :s and table_name = :t and state = 'done'"
+                ),
+                {"s": slot, "t": str(table)},
+            ).fetchone()
+        assert done is not None
+        return LoadRecord(table, row[0], Lsn.parse(row[1]), row[2], int(row[3]), int(done[0]), int(done[1]))
+
+    def start_load(
+        self, slot: str, table: TableId, load_id: str, position: Lsn, ranges: list[KeyRange]
+    ) -> None:
+        """Record a new load of ``table`` and its chunks (replacing any earlier one)."""
+        now = _now()
+        with self._engine.begin() as conn:
+            params = {"s": slot, "t": str(table)}
+            conn.execute(text("delete from cdc_load_chunk where slot = :s and table_name = :t"), params)
+            conn.execute(text("delete from cdc_load where slot = :s and table_name = :t"), params)
+            conn.execute(
+                text(
+                    "insert into cdc_load (slot, table_name, load_id, position, state, chunks, started_at, updated_at) "
+                    "values (:s, :t, :l, :p, 'running', :n, :now, :now)"
+                ),
+                {**params, "l": load_id, "p": str(position), "n": len(ranges), "now": now},
+            )
+            conn.execute(
+                text(
+                    "insert into cdc_load_chunk (slot, table_name, load_id, chunk_no, bounds, state, updated_at) "
+                    "values (:s, :t, :l, :c, :b, 'pending', :now)"
+                ),
+                [
+                    {**params, "l": load_id, "c": i, "b": _bounds_json(r), "now": now}
+                    for i, r in enumerate(ranges)
+                ],
+            )
+
+    def pending_chunks(self, slot: str, table: TableId) -> list[tuple[int, KeyRange]]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "select chunk_no, bounds from cdc_load_chunk where slot = :s and table_name = :t "
+                    "and state = 'pending' order by chunk_no"
+                ),
+                {"s": slot, "t": str(table)},
+            ).fetchall()
+        return [(int(r[0]), _bounds(r[1])) for r in rows]
+
+    def reset_chunks(self, slot: str, table: TableId) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                text(
+                    "update cdc_load_chunk set state = 'pending', rows = null where slot = :s and table_name = :t"
+                ),
+                {"s": slot, "t": str(table)},
+            )
+
+    def chunk_done(self, slot: str, table: TableId, chunk_no: int, rows: int, snapshot_lsn: Lsn) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                text(
+                    "update cdc_load_chunk set state = 'done', rows = :r, snapshot_lsn = :l, updated_at = :now "
+                    "where slot = :s and table_name = :t and chunk_no = :c"
+                ),
+                {"s": slot, "t": str(table), "c": chunk_no, "r": rows, "l": str(snapshot_lsn), "now": _now()},
+            )
+
+    def finish_table_load(self, slot: str, table: TableId, state: str = "done") -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                text(
+                    "update cdc_load set state = :st, updated_at = :now where slot = :s and table_name = :t"
+                ),
+                {"s": slot, "t": str(table), "st": state, "now": _now()},
+            )
 
     # ---- table status ----------------------------------------------------------------------
 

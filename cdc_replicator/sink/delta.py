@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,10 +22,27 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from cdc_replicator.errors import SinkError
-from cdc_replicator.model import Lsn, Op, PartialTxn, TableId, TablePatch, TablePosition, TableSchema
-from cdc_replicator.sink.plan import MergePlan, moved_keys, plan_merge, quote, target_schema, typed_columns
+from cdc_replicator.model import (
+    KeyRange,
+    Lsn,
+    Op,
+    PartialTxn,
+    TableId,
+    TablePatch,
+    TablePosition,
+    TableSchema,
+)
+from cdc_replicator.sink.plan import (
+    MergePlan,
+    moved_keys,
+    plan_merge,
+    quote,
+    range_predicate,
+    target_schema,
+    typed_columns,
+)
 
-__all__ = ["ApplyResult", "DeltaSink"]
+__all__ = ["ApplyResult", "ChunkWritten", "DeltaSink"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +57,13 @@ class ApplyResult:
     updated: int
     deleted: int
     truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkWritten:
+    rows: int
+    files: int
+    bytes: int
 
 
 class DeltaSink:
@@ -208,6 +232,148 @@ class DeltaSink:
         self._tables.pop(table, None)
         logger.info("table loaded table=%s rows=%d position=%s", table, total, position)
         return total
+
+    # ---- chunked loads (cdc-replicator snapshot) --------------------------------------------
+
+    def begin_load(self, schema: TableSchema, *, fresh: bool) -> None:
+        """Clear the table's position so a half-loaded table is never taken for a loaded one.
+
+        ``fresh`` (or a missing table, or a schema that no longer matches) empties the table too;
+        otherwise old rows stay visible until their key range is rewritten by its chunk.
+        """
+        table = schema.table
+        tschema = target_schema(schema, soft_delete=table in self._soft)
+        dt = self._open(table)
+        same = dt is not None and [f.name for f in dt.schema().fields] == tschema.names
+        props = self._props(table, TablePosition(Lsn.ZERO), {"cdc.op": "load-begin"})
+        try:
+            if fresh or not same:
+                write_deltalake(
+                    self.uri(table),
+                    tschema.empty_table(),
+                    mode="overwrite",
+                    schema_mode="overwrite",
+                    storage_options=self._opts or None,
+                    configuration=self._configuration(),
+                    commit_properties=props,
+                )
+            else:
+                write_deltalake(
+                    self.uri(table),
+                    tschema.empty_table(),
+                    mode="append",
+                    storage_options=self._opts or None,
+                    commit_properties=props,
+                )
+        except (DeltaError, OSError) as exc:
+            raise SinkError(f"cannot prepare the Delta table of {table} at {self.uri(table)}: {exc}") from exc
+        self._tables.pop(table, None)
+
+    def load_chunk(
+        self,
+        schema: TableSchema,
+        batches: Iterable[pa.RecordBatch],
+        key_range: KeyRange,
+        *,
+        snapshot_lsn: Lsn,
+        loaded_at: datetime,
+        append: bool = False,
+    ) -> ChunkWritten:
+        """Write one chunk as a single commit that replaces its key range: a redo is a no-op.
+
+        Streams: the batches go to the Parquet writer as they arrive (memory ≈ a few batches).
+        ``append`` is for page-range chunks of tables without a key, which cannot be replaced.
+        """
+        table = schema.table
+        soft = table in self._soft
+        tschema = target_schema(schema, soft_delete=soft)
+        counted = [0]
+
+        def typed() -> Iterator[pa.RecordBatch]:
+            for chunk in batches:
+                n = chunk.num_rows
+                if n == 0:
+                    continue
+                cols = [
+                    c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+                    for c in typed_columns(schema, chunk)
+                ]
+                meta: list[pa.Array] = [
+                    pa.array([snapshot_lsn.value] * n, pa.int64()),
+                    pa.array([Op.SNAPSHOT.value] * n, pa.string()),
+                    pa.array([loaded_at] * n, _TS_UTC),
+                ]
+                if soft:
+                    meta.append(pa.array([False] * n, pa.bool_()))
+                counted[0] += n
+                yield pa.RecordBatch.from_arrays([*cols, *meta], schema=tschema)
+
+        reader = pa.RecordBatchReader.from_batches(tschema, typed())
+        predicate = range_predicate(schema, key_range)
+        before = self._version(table)
+        try:
+            if append:
+                write_deltalake(
+                    self.uri(table),
+                    reader,
+                    mode="append",
+                    storage_options=self._opts or None,
+                    target_file_size=self._file_size,
+                    commit_properties=CommitProperties(custom_metadata={"cdc.op": "load-chunk"}),
+                )
+            else:
+                write_deltalake(
+                    self.uri(table),
+                    reader,
+                    mode="overwrite",
+                    predicate=predicate,
+                    storage_options=self._opts or None,
+                    target_file_size=self._file_size,
+                    commit_properties=CommitProperties(custom_metadata={"cdc.op": "load-chunk"}),
+                )
+        except (DeltaError, OSError) as exc:
+            raise SinkError(
+                f"writing a chunk of {table} to {self.uri(table)} failed: {exc}", retryable=True
+            ) from exc
+        files, size = self._added_since(table, before)
+        return ChunkWritten(counted[0], files, size)
+
+    def finish_load(self, schema: TableSchema, position: Lsn) -> None:
+        """Record the load's position: from here on the table holds everything before it."""
+        table = schema.table
+        tschema = target_schema(schema, soft_delete=table in self._soft)
+        props = self._props(table, TablePosition(position), {"cdc.op": "load-end"})
+        try:
+            write_deltalake(
+                self.uri(table),
+                tschema.empty_table(),
+                mode="append",
+                storage_options=self._opts or None,
+                commit_properties=props,
+            )
+        except (DeltaError, OSError) as exc:
+            raise SinkError(f"recording the load position of {table} failed: {exc}", retryable=True) from exc
+        self._tables.pop(table, None)
+
+    def _version(self, table: TableId) -> int:
+        try:
+            return DeltaTable(self.uri(table), storage_options=self._opts or None).version()
+        except TableNotFoundError:
+            return -1
+
+    def _added_since(self, table: TableId, version: int) -> tuple[int, int]:
+        """Files and bytes the commits after ``version`` added (for the load report)."""
+        try:
+            dt = DeltaTable(self.uri(table), storage_options=self._opts or None)
+            files = size = 0
+            for entry in dt.history(max(1, dt.version() - version)):
+                if int(entry.get("version", -1)) > version:
+                    m = entry.get("operationMetrics") or {}
+                    files += int(m.get("num_added_files", 0) or 0)
+                    size += int(m.get("num_added_bytes", 0) or 0)
+            return files, size
+        except (DeltaError, OSError, ValueError):
+            return 0, 0
 
     def _configuration(self) -> dict[str, str | None] | None:
         if self._file_size:

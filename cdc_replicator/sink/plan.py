@@ -8,11 +8,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc_replicator.batching import MOVED_PREFIX, UNCHANGED_PREFIX
-from cdc_replicator.model import TablePatch, TableSchema
+from cdc_replicator.model import KeyRange, TablePatch, TableSchema
 from cdc_replicator.typemap import arrow_type, cast_text
 
 __all__ = [
     "META_COLUMNS",
+    "range_predicate",
     "moved_keys",
     "MergePlan",
     "plan_merge",
@@ -189,3 +190,41 @@ def _key_range(source: pa.Table, key: str) -> str | None:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+_NUMERIC_OIDS = frozenset({21, 23, 20, 1700})
+
+
+def _typed_literal(text: str, type_oid: int) -> str:
+    """A Delta (DataFusion) SQL literal for a key value given in PostgreSQL text form."""
+    if type_oid in _NUMERIC_OIDS:
+        float(text)  # raises on anything that is not a plain number
+        return text
+    if type_oid == 1082:  # date
+        return f"CAST({_literal(text)} AS DATE)"
+    return _literal(text)
+
+
+def range_predicate(schema: TableSchema, r: KeyRange) -> str | None:
+    """The Delta-side predicate of a key range (lexicographic over the key columns); None = all rows."""
+    if r.whole or r.pages is not None:
+        return None
+    key = [c for c in schema.columns if c.is_key]
+
+    def compare(values: tuple[str, ...], strict: str, last: str) -> str:
+        ors = []
+        for i, c in enumerate(key):
+            eqs = [
+                f"{quote(k.name)} = {_typed_literal(values[j], k.type_oid)}" for j, k in enumerate(key[:i])
+            ]
+            op = last if i == len(key) - 1 else strict
+            eqs.append(f"{quote(c.name)} {op} {_typed_literal(values[i], c.type_oid)}")
+            ors.append("(" + " AND ".join(eqs) + ")")
+        return "(" + " OR ".join(ors) + ")"
+
+    parts = []
+    if r.lo is not None:
+        parts.append(compare(r.lo, ">", ">="))
+    if r.hi is not None:
+        parts.append(compare(r.hi, "<", "<"))
+    return " AND ".join(parts)

@@ -186,11 +186,16 @@ class ReplicationConnection:
             dbname=self._text(res, 0, 3),
         )
 
-    def create_slot(self, name: str, *, export_snapshot: bool) -> CreatedSlot:
-        """Create a pgoutput slot; with ``export_snapshot`` the snapshot lives until the next command."""
+    def create_slot(self, name: str, *, export_snapshot: bool, temporary: bool = False) -> CreatedSlot:
+        """Create a pgoutput slot; with ``export_snapshot`` the snapshot lives until the next command.
+
+        A ``temporary`` slot disappears with this connection: it is how a snapshot whose position
+        is known exactly (its consistent point) is had without touching the daemon's slot.
+        """
         snap = "export" if export_snapshot else "nothing"
+        temp = " TEMPORARY" if temporary else ""
         res = self._command(
-            f"CREATE_REPLICATION_SLOT {quote_ident(name)} LOGICAL pgoutput (SNAPSHOT '{snap}')"
+            f"CREATE_REPLICATION_SLOT {quote_ident(name)}{temp} LOGICAL pgoutput (SNAPSHOT '{snap}')"
         )
         return CreatedSlot(
             name=self._text(res, 0, 0) or name,

@@ -15,12 +15,25 @@ import pyarrow.csv as pacsv
 from psycopg import sql
 
 from cdc_replicator.errors import SourceError
-from cdc_replicator.model import TableSchema
+from cdc_replicator.model import KeyRange, TableSchema
 from cdc_replicator.source.replication import classify_error
 
-__all__ = ["copy_table"]
+__all__ = [
+    "CHUNKABLE_KEY_TYPES",
+    "copy_table",
+    "estimate_rows",
+    "key_type_names",
+    "plan_ranges",
+    "range_condition",
+]
 
 _BLOCK = 8 * 1024 * 1024
+
+# Key types whose order is the same in PostgreSQL (text under COLLATE "C") and in Delta's engine,
+# so a key range means the same rows on both sides: int2/4/8, numeric, text, varchar, bpchar,
+# name, uuid, date. Tables keyed otherwise are copied as one chunk.
+CHUNKABLE_KEY_TYPES = frozenset({21, 23, 20, 1700, 25, 1043, 1042, 19, 2950, 1082})
+_TEXTUAL = frozenset({25, 1043, 1042, 19})
 
 
 class _CopyStream(io.RawIOBase):
@@ -56,6 +69,7 @@ def copy_table(
     schema: TableSchema,
     *,
     snapshot: str | None,
+    where: sql.Composable | None = None,
     block_size: int = _BLOCK,
 ) -> Iterator[pa.RecordBatch]:
     """Yield the table's rows (columns as ``binary`` text) read in ``snapshot`` (None: a fresh one).
@@ -65,8 +79,10 @@ def copy_table(
     """
     names = list(schema.column_names)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    query = sql.SQL("copy (select {} from {}) to stdout (format csv)").format(
-        cols, sql.Identifier(schema.table.schema, schema.table.name)
+    query = sql.SQL("copy (select {} from {} where {}) to stdout (format csv)").format(
+        cols,
+        sql.Identifier(schema.table.schema, schema.table.name),
+        where if where is not None else sql.SQL("true"),
     )
     try:
         with conn.transaction():
@@ -95,3 +111,104 @@ def copy_table(
         raise classify_error(str(exc), context=f"copy of {schema.table} failed") from exc
     except psycopg.Error as exc:
         raise SourceError(f"copy of {schema.table} failed: {str(exc).strip()}") from exc
+
+
+def estimate_rows(conn: psycopg.Connection[tuple[object, ...]], schema: TableSchema) -> tuple[int, int]:
+    """(estimated rows, heap pages) from the planner's statistics; counts when never analyzed."""
+    row = conn.execute(
+        "select c.reltuples::bigint, c.relpages::bigint from pg_class c "
+        "join pg_namespace n on n.oid = c.relnamespace where n.nspname = %s and c.relname = %s",
+        (schema.table.schema, schema.table.name),
+    ).fetchone()
+    rows, pages = (int(str(row[0])), int(str(row[1]))) if row is not None else (-1, 0)
+    if rows < 0:  # never vacuumed/analyzed (or partitioned): count
+        q = sql.SQL("select count(*) from {}").format(sql.Identifier(schema.table.schema, schema.table.name))
+        counted = conn.execute(q).fetchone()
+        rows = int(str(counted[0])) if counted is not None else 0
+    return rows, pages
+
+
+def _chunkable(schema: TableSchema) -> bool:
+    """Key ranges work when the table has a real key (not "every column") of orderable types."""
+    key = [c for c in schema.columns if c.is_key]
+    if not key or (schema.replica_identity == "f" and len(key) == len(schema.columns)):
+        return False
+    return all(c.type_oid in CHUNKABLE_KEY_TYPES for c in key)
+
+
+def plan_ranges(
+    conn: psycopg.Connection[tuple[object, ...]], schema: TableSchema, *, target_rows: int
+) -> list[KeyRange]:
+    """Split the table into key ranges of about ``target_rows`` rows, from a sample of its keys.
+
+    Ranges are contiguous and cover the whole key space (first open below, last open above), so
+    every row, including rows inserted later, falls into exactly one of them.
+    """
+    rows, pages = estimate_rows(conn, schema)
+    if rows <= target_rows:
+        return [KeyRange()]
+    n = min(10_000, -(-rows // target_rows))
+    if not _chunkable(schema):
+        if pages <= 1:
+            return [KeyRange()]
+        step = max(1, -(-pages // n))
+        return [KeyRange(pages=(p, None if p + step >= pages else p + step)) for p in range(0, pages, step)]
+    key_cols = [c for c in schema.columns if c.is_key]
+    want = n * 32
+    percent = min(100.0, max(0.0001, 100.0 * want / rows))
+    order = sql.SQL(", ").join(_key_expr(c.name, c.type_oid) for c in key_cols)
+    cols = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in key_cols)
+    q = sql.SQL("select {} from {} tablesample system ({}) order by {}").format(
+        cols, sql.Identifier(schema.table.schema, schema.table.name), sql.Literal(percent), order
+    )
+    sample = [tuple(str(v) for v in r) for r in conn.execute(q).fetchall()]
+    if len(sample) < 2:
+        return [KeyRange()]
+    bounds: list[tuple[str, ...]] = []
+    for i in range(1, n):
+        b = sample[min(len(sample) - 1, i * len(sample) // n)]
+        if not bounds or b != bounds[-1]:
+            bounds.append(b)
+    edges: list[tuple[str, ...] | None] = [None, *bounds, None]
+    return [KeyRange(lo=edges[i], hi=edges[i + 1]) for i in range(len(edges) - 1)]
+
+
+def _key_expr(name: str, type_oid: int) -> sql.Composable:
+    ident = sql.Identifier(name)
+    return sql.SQL('{} collate "C"').format(ident) if type_oid in _TEXTUAL else ident
+
+
+def range_condition(schema: TableSchema, key_types: dict[str, str], r: KeyRange) -> sql.Composable:
+    """The WHERE condition selecting the rows of ``r`` (row comparison, bytewise for text)."""
+    if r.pages is not None:
+        lo, hi = r.pages
+        parts = [sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({lo},0)"))]
+        if hi is not None:
+            parts.append(sql.SQL("ctid < {}::tid").format(sql.Literal(f"({hi},0)")))
+        return sql.SQL(" and ").join(parts)
+    key_cols = [c for c in schema.columns if c.is_key]
+    lhs = sql.SQL("({})").format(sql.SQL(", ").join(_key_expr(c.name, c.type_oid) for c in key_cols))
+    conds: list[sql.Composable] = []
+
+    def row(values: tuple[str, ...]) -> sql.Composable:
+        items = []
+        for c, v in zip(key_cols, values, strict=True):
+            lit = sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(key_types[c.name]))
+            items.append(sql.SQL('{} collate "C"').format(lit) if c.type_oid in _TEXTUAL else lit)
+        return sql.SQL("({})").format(sql.SQL(", ").join(items))
+
+    if r.lo is not None:
+        conds.append(sql.SQL("{} >= {}").format(lhs, row(r.lo)))
+    if r.hi is not None:
+        conds.append(sql.SQL("{} < {}").format(lhs, row(r.hi)))
+    return sql.SQL(" and ").join(conds) if conds else sql.SQL("true")
+
+
+def key_type_names(conn: psycopg.Connection[tuple[object, ...]], schema: TableSchema) -> dict[str, str]:
+    """``format_type`` of each key column (catalog output, used to cast range literals)."""
+    out: dict[str, str] = {}
+    for c in schema.columns:
+        if c.is_key:
+            row = conn.execute("select format_type(%s, %s)", (c.type_oid, c.type_modifier)).fetchone()
+            out[c.name] = str(row[0]) if row is not None else "text"
+    return out

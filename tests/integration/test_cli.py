@@ -285,7 +285,7 @@ def test_a_dropped_slot_is_refused_naming_the_tables_until_a_snapshot_resyncs_th
 
     snap = run_cli(daemon.config, "snapshot", timeout=CLI_TIMEOUT)
     assert snap.returncode == 0, snap.stderr
-    assert "re-synced 1 table(s)" in snap.stdout
+    assert "loaded 1 table(s)" in snap.stdout
     daemon.start()
     wait_converged(pg, tmp_lake, [T], daemon=daemon)  # the row inserted while the slot was gone is there
     pg.execute("update t set v = 'after resync' where id <= 3")

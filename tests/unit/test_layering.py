@@ -19,7 +19,14 @@ PACKAGE = "cdc_replicator"
 ROOT = Path(cdc_replicator.__file__).resolve().parent
 
 # modules that may bring source and sink together
-WIRING = {f"{PACKAGE}.pipeline", f"{PACKAGE}.cli", f"{PACKAGE}.status", f"{PACKAGE}.demo"}
+# loader wires the snapshot source to the sink for chunked loads, as pipeline does for the stream
+WIRING = {
+    f"{PACKAGE}.pipeline",
+    f"{PACKAGE}.loader",
+    f"{PACKAGE}.cli",
+    f"{PACKAGE}.status",
+    f"{PACKAGE}.demo",
+}
 # pure modules: bytes/Arrow in, values out
 PURE = [
     f"{PACKAGE}.batching",

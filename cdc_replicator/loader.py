@@ -1,0 +1,286 @@
+"""Chunked, parallel, resumable table loads: plan key ranges, copy them with N connections, write each
+as one idempotent range overwrite, and record each finished chunk so a re-run skips it.
+
+Consistency: a fresh load reads every chunk in one snapshot (exported by the replication slot, shared
+by all connections, as ``pg_dump -j`` does). A resumed load reads its remaining chunks in a newer
+snapshot; that stays correct because each row carries the LSN of the snapshot it was read in, the
+table's position is the oldest one, and streamed changes are applied with the sequenced merge (a
+change older than a row's ``_cdc_lsn`` never overwrites it).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from cdc_replicator import failpoints
+from cdc_replicator.errors import ReplicatorError
+from cdc_replicator.model import KeyRange, Lsn, TableId, TableSchema
+from cdc_replicator.sink.delta import DeltaSink
+from cdc_replicator.source import checks
+from cdc_replicator.source.snapshot import (
+    copy_table,
+    estimate_rows,
+    key_type_names,
+    plan_ranges,
+    range_condition,
+)
+from cdc_replicator.state import StateStore
+
+__all__ = ["LoadResult", "Loader", "ProgressSink"]
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressSink(Protocol):
+    """What the loader reports (``progress.LoadProgress`` implements it). Called from worker threads."""
+
+    def add_table(self, table: str, *, estimated_rows: int | None, chunks: int) -> None: ...
+    def resumed(self, table: str, *, chunks_done: int, rows: int) -> None: ...
+    def chunk_done(self, table: str, *, rows: int, files: int, bytes: int) -> None: ...
+    def table_done(self, table: str) -> None: ...
+    def table_failed(self, table: str, error: str) -> None: ...
+
+
+class _Silent:
+    def add_table(self, table: str, *, estimated_rows: int | None, chunks: int) -> None:
+        pass
+
+    def resumed(self, table: str, *, chunks_done: int, rows: int) -> None:
+        pass
+
+    def chunk_done(self, table: str, *, rows: int, files: int, bytes: int) -> None:
+        pass
+
+    def table_done(self, table: str) -> None:
+        pass
+
+    def table_failed(self, table: str, error: str) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    table: TableId
+    rows: int
+    chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    schema: TableSchema
+    chunk_no: int
+    key_range: KeyRange
+    append: bool
+
+
+class Loader:
+    """Loads tables into Delta; one instance per load. ``run`` blocks until done, failed or stopped."""
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        sink: DeltaSink,
+        state: StateStore,
+        slot: str,
+        parallel: int,
+        chunk_rows: int,
+        stop: threading.Event,
+        progress: ProgressSink | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._dsn = dsn
+        self._sink = sink
+        self._state = state
+        self._slot = slot
+        self._parallel = max(1, parallel)
+        self._chunk_rows = max(1, chunk_rows)
+        self._stop = stop
+        self._progress: ProgressSink = progress or _Silent()
+        self._connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+
+    def run(
+        self,
+        schemas: Sequence[TableSchema],
+        *,
+        position: Lsn,
+        snapshot: str | None,
+        snapshot_lsn: Lsn,
+        fresh: bool,
+    ) -> list[LoadResult]:
+        """Load ``schemas``; each table ends at ``position``. Chunks are read in ``snapshot``.
+
+        ``fresh``: ignore earlier progress and empty the tables first; otherwise a load recorded
+        for the same position resumes with its pending chunks.
+        """
+        work: list[_Work] = []
+        remaining: dict[TableId, int] = {}
+        totals: dict[TableId, int] = {}
+        with checks.connect(self._dsn, connect_timeout=self._connect_timeout) as conn:
+            for schema in schemas:
+                table = schema.table
+                rec = None if fresh else self._state.load(self._slot, table)
+                resumable = rec is not None and rec.state == "running" and rec.position == position
+                estimated, _ = estimate_rows(conn, schema)
+                if resumable and rec is not None:
+                    pending = self._state.pending_chunks(self._slot, table)
+                    if pending and pending[0][1].pages is not None:  # page chunks cannot be replaced
+                        self._state.reset_chunks(self._slot, table)
+                        pending = self._state.pending_chunks(self._slot, table)
+                        self._sink.begin_load(schema, fresh=True)
+                        resumed_rows = None
+                    else:
+                        resumed_rows = (rec.chunks_done, rec.rows_done)
+                    chunks = rec.chunks
+                    logger.info("load resumed table=%s pending_chunks=%d of %d", table, len(pending), chunks)
+                else:
+                    ranges = plan_ranges(conn, schema, target_rows=self._chunk_rows)
+                    self._state.start_load(self._slot, table, uuid.uuid4().hex, position, ranges)
+                    pages = ranges[0].pages is not None
+                    self._sink.begin_load(schema, fresh=fresh or pages)
+                    pending = list(enumerate(ranges))
+                    chunks = len(ranges)
+                    resumed_rows = None
+                    logger.info("load planned table=%s chunks=%d estimated_rows=%d", table, chunks, estimated)
+                self._progress.add_table(
+                    str(table), estimated_rows=estimated if estimated >= 0 else None, chunks=chunks
+                )
+                if resumed_rows is not None:
+                    self._progress.resumed(str(table), chunks_done=resumed_rows[0], rows=resumed_rows[1])
+                remaining[table] = len(pending)
+                totals[table] = 0
+                work += [_Work(schema, no, r, r.pages is not None) for no, r in pending]
+            key_types = {s.table: key_type_names(conn, s) for s in schemas}
+        # tables with nothing left to copy (empty plan, or a resumed load whose chunks were all in)
+        for schema in schemas:
+            if remaining[schema.table] == 0:
+                self._finish(schema, position)
+        self._copy_all(work, remaining, totals, key_types, position, snapshot, snapshot_lsn)
+        return [
+            LoadResult(s.table, totals[s.table], len([w for w in work if w.schema.table == s.table]))
+            for s in schemas
+        ]
+
+    # ---- workers ----------------------------------------------------------------------------
+
+    def _copy_all(
+        self,
+        work: list[_Work],
+        remaining: dict[TableId, int],
+        totals: dict[TableId, int],
+        key_types: dict[TableId, dict[str, str]],
+        position: Lsn,
+        snapshot: str | None,
+        snapshot_lsn: Lsn,
+    ) -> None:
+        todo: queue.Queue[_Work] = queue.Queue()
+        for w in work:
+            todo.put(w)
+        failures: list[BaseException] = []
+        loaded_at = datetime.now(UTC)
+
+        def worker() -> None:
+            conn = None
+            try:
+                while not self._stop.is_set() and not failures:
+                    try:
+                        w = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    for attempt in _retrying():
+                        with attempt:
+                            if conn is None or conn.closed:
+                                conn = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
+                            try:
+                                written = self._sink.load_chunk(
+                                    w.schema,
+                                    copy_table(
+                                        conn,
+                                        w.schema,
+                                        snapshot=snapshot,
+                                        where=range_condition(
+                                            w.schema, key_types[w.schema.table], w.key_range
+                                        ),
+                                    ),
+                                    w.key_range,
+                                    snapshot_lsn=snapshot_lsn,
+                                    loaded_at=loaded_at,
+                                    append=w.append,
+                                )
+                            except ReplicatorError:
+                                if conn is not None:
+                                    conn.close()
+                                conn = None
+                                raise
+                    table = w.schema.table
+                    failpoints.hit("after_chunk_write")
+                    self._state.chunk_done(self._slot, table, w.chunk_no, written.rows, snapshot_lsn)
+                    failpoints.hit("after_chunk_done")
+                    self._progress.chunk_done(
+                        str(table), rows=written.rows, files=written.files, bytes=written.bytes
+                    )
+                    with self._lock:
+                        totals[table] += written.rows
+                        remaining[table] -= 1
+                        last = remaining[table] == 0
+                    if last:
+                        self._finish(w.schema, position)
+            except BaseException as exc:  # handed to the caller
+                failures.append(exc)
+            finally:
+                if conn is not None:
+                    conn.close()
+
+        threads = [
+            threading.Thread(target=worker, name=f"cdc-load-{i}", daemon=True) for i in range(self._parallel)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failures:
+            for table, left in remaining.items():
+                if left:
+                    self._progress.table_failed(str(table), str(failures[0]).splitlines()[0])
+            raise failures[0]
+        if self._stop.is_set() and any(remaining.values()):
+            raise LoadInterrupted(
+                "the load was stopped; finished chunks are kept",
+                hint="run the same command again to resume where it stopped",
+            )
+
+    def _finish(self, schema: TableSchema, position: Lsn) -> None:
+        self._sink.finish_load(schema, position)
+        failpoints.hit("after_table_load")
+        self._state.finish_table_load(self._slot, schema.table)
+        self._progress.table_done(str(schema.table))
+        logger.info("table loaded table=%s position=%s", schema.table, position)
+
+
+class LoadInterrupted(ReplicatorError):
+    """Stopped on request (Ctrl-C / SIGTERM) before every chunk was in; resumable."""
+
+    exit_code = 130
+
+
+def _retrying() -> Retrying:
+    """A chunk whose connection dropped is read again (the range overwrite makes that safe)."""
+    return Retrying(
+        retry=retry_if_exception(lambda e: isinstance(e, ReplicatorError) and e.retryable),
+        wait=wait_exponential(multiplier=0.5, max=10),
+        stop=stop_after_attempt(5),
+        before_sleep=lambda st: logger.warning(
+            "chunk retry after: %s", st.outcome.exception() if st.outcome else "?"
+        ),
+        reraise=True,
+    )
