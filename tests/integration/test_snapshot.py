@@ -28,17 +28,17 @@ def _with_snapshot(config: Path, **keys: int) -> None:
 
 
 def _make_tables(pg: PgDatabase, rows: int) -> list[str]:
+    pg.execute("create table single (id bigint primary key, v text, n numeric(12,2))")
+    pg.execute("insert into single select g, 'v' || g, g * 1.5 from generate_series(1, %s) g", (rows,))
+    pg.execute("create table composite (tenant int, name text, v int, primary key (tenant, name))")
     pg.execute(
-        "create table single (id bigint primary key, v text, n numeric(12,2));"
-        f"insert into single select g, 'v' || g, g * 1.5 from generate_series(1, {rows}) g;"
-        "create table composite (tenant int, name text, v int, primary key (tenant, name));"
-        f"insert into composite select g % 7, 'Name-' || g || case when g % 3 = 0 then 'ä' else 'B' end, g "
-        f"from generate_series(1, {rows}) g;"
-        "create table keyless (a int, b text);"
-        "alter table keyless replica identity full;"
-        f"insert into keyless select g, repeat('x', 50) from generate_series(1, {rows}) g;"
-        "analyze single; analyze composite; analyze keyless;"
+        "insert into composite select g % 7, 'Name-' || g || case when g % 3 = 0 then 'ä' else 'B' end, g "
+        "from generate_series(1, %s) g",
+        (rows,),
     )
+    pg.execute("create table keyless (a int, b text); alter table keyless replica identity full")
+    pg.execute("insert into keyless select g, repeat('x', 50) from generate_series(1, %s) g", (rows,))
+    pg.execute("analyze single; analyze composite; analyze keyless")
     return ["public.single", "public.composite", "public.keyless"]
 
 
