@@ -32,7 +32,7 @@ def _make_tables(pg: PgDatabase, rows: int) -> list[str]:
     pg.execute("insert into single select g, 'v' || g, g * 1.5 from generate_series(1, %s) g", (rows,))
     pg.execute("create table composite (tenant int, name text, v int, primary key (tenant, name))")
     pg.execute(
-        "insert into composite select g % 7, 'Name-' || g || case when g % 3 = 0 then 'ä' else 'B' end, g "
+        "insert into composite select g %% 7, 'Name-' || g || case when g %% 3 = 0 then 'ä' else 'B' end, g "
         "from generate_series(1, %s) g",
         (rows,),
     )
