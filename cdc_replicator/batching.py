@@ -34,6 +34,7 @@ from cdc_replicator.model import (
     Op,
     PartialTxn,
     RelationChanged,
+    ResyncCleanup,
     RowChange,
     TableId,
     TablePatch,
@@ -68,6 +69,7 @@ class _TableBuffer:
     truncate: bool = False
     truncate_lsn: int = 0
     truncate_time: datetime | None = None
+    cleanup_below: int = 0
     changes: int = 0
     unchanged: set[int] = field(default_factory=set)
     moved: dict[int, tuple[Value, ...]] = field(default_factory=dict)  # row → old key, when unchanged stays
@@ -164,6 +166,7 @@ class _TableBuffer:
             self.changes,
             self.truncate_lsn,
             self.truncate_time,
+            self.cleanup_below,
         )
 
 
@@ -215,7 +218,9 @@ class Batcher:
 
     # ---- events ---------------------------------------------------------------------------
 
-    def add(self, event: Begin | RowChange | Truncate | Commit | RelationChanged) -> ChangeBatch | None:
+    def add(
+        self, event: Begin | RowChange | Truncate | Commit | RelationChanged | ResyncCleanup
+    ) -> ChangeBatch | None:
         if isinstance(event, RowChange):
             return self._change(event)
         if isinstance(event, Begin):
@@ -263,6 +268,10 @@ class Batcher:
             return None
         if isinstance(event, RelationChanged):
             self._relation(event)
+            return None
+        if isinstance(event, ResyncCleanup):
+            self._require_txn("re-sync cleanup")
+            self._buffer(event.table).cleanup_below = event.below.value
             return None
         raise TypeError(f"unexpected event {type(event).__name__}")
 
@@ -376,7 +385,7 @@ class Batcher:
         self._batch_id += 1
         # a batch holding only the head of a large transaction ends where the last complete one did
         end = self._end if self._end is not None else self._last_end
-        tables = {t: b.patch() for t, b in self._buffers.items() if b.ops or b.truncate}
+        tables = {t: b.patch() for t, b in self._buffers.items() if b.ops or b.truncate or b.cleanup_below}
         batch = ChangeBatch(
             tables=tables,
             end=end,

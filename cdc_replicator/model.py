@@ -23,6 +23,8 @@ __all__ = [
     "Op",
     "PartialTxn",
     "RelationChanged",
+    "ResyncCleanup",
+    "SourceMessage",
     "RowChange",
     "SourceEvent",
     "TableId",
@@ -248,13 +250,29 @@ class Commit:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceMessage:
+    """A logical decoding message of ours (prefix ``cdc-replicator``), in stream order."""
+
+    content: bytes
+    transactional: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncCleanup:
+    """Inside a transaction: rows of ``table`` not written since ``below`` no longer exist at the source."""
+
+    table: TableId
+    below: Lsn
+
+
+@dataclass(frozen=True, slots=True)
 class Keepalive:
     """The server has sent everything before ``wal_end``; nothing in flight may be confirmed up to it."""
 
     wal_end: Lsn
 
 
-SourceEvent = Begin | RelationChanged | RowChange | Truncate | Commit | Keepalive
+SourceEvent = Begin | RelationChanged | RowChange | Truncate | Commit | Keepalive | SourceMessage
 
 
 # ---- batches -----------------------------------------------------------------------------------
@@ -279,6 +297,7 @@ class TablePatch:
     changes: int = 0  # changes received before collapsing
     truncate_lsn: int = 0  # commit LSN and time of the (last) TRUNCATE, when ``truncate``
     truncate_time: datetime | None = None
+    cleanup_below: int = 0  # a live re-sync ended: rows not in ``rows`` with an older _cdc_lsn are gone
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,16 +29,22 @@ from cdc_replicator.batching import Batcher, BatchLimits
 from cdc_replicator.checkpoint import Recorded, SlotState, StartKind, StartPlan, plan_start
 from cdc_replicator.config import Config, redact_dsn
 from cdc_replicator.errors import ConfigError, ContractViolation, ReplicatorError, SourceError
-from cdc_replicator.loader import Loader, LoadResult, ProgressSink
+from cdc_replicator.loader import Loader, LoadInterrupted, LoadResult, ProgressSink
 from cdc_replicator.model import (
+    Begin,
     ChangeBatch,
+    Commit,
     Keepalive,
     Lsn,
     RelationChanged,
+    RowChange,
+    SourceMessage,
     TableId,
     TablePosition,
     TableSchema,
+    Truncate,
 )
+from cdc_replicator.resync import Resyncer, request_resync
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.source import checks
 from cdc_replicator.source.logical import LogicalSource
@@ -134,9 +140,13 @@ class Replicator:
             checks.ensure_publication(conn, src.publication, self._tables)
             info = checks.slot_info(conn, self._slot)
             if info is not None and info.active_pid is not None:
+                if tables:
+                    self._live_resync(conn, wanted)
+                    return []
                 raise SourceError(
                     f"replication slot {self._slot!r} is in use by process {info.active_pid}",
-                    hint="stop the running cdc-replicator first, then run the snapshot again",
+                    hint="a full re-sync recreates the slot: stop the running cdc-replicator first "
+                    "(or name tables with --table to re-sync them live)",
                 )
             rec = self._state.slot(self._slot)
             system_id = self._system_id()
@@ -147,6 +157,31 @@ class Replicator:
         return self._partial_load([schemas[t] for t in wanted], progress=progress, parallel=parallel)
 
     _last_results: list[LoadResult] = []
+
+    def _live_resync(self, conn: psycopg.Connection[tuple[object, ...]], tables: list[TableId]) -> None:
+        """Ask the running daemon to re-sync ``tables`` and wait until it reports them done."""
+        request = request_resync(conn, tables)
+        logger.info("live re-sync requested request=%s tables=%s", request, [str(t) for t in tables])
+        last = ""
+        while not self._stop.is_set():
+            recs = [r for r in self._state.resyncs(self._slot) if r.request == request]
+            line = ", ".join(f"{r.table} {r.state} chunks={r.chunks} rows={r.rows}" for r in recs)
+            if line != last:
+                logger.warning("live re-sync %s", line or "waiting for the daemon to pick up the request")
+                last = line
+            if len(recs) == len(tables) and all(r.state != "running" for r in recs):
+                failed = [r for r in recs if r.state != "done"]
+                if failed:
+                    raise SourceError(
+                        f"live re-sync failed: {', '.join(f'{r.table}: {r.detail}' for r in failed)}",
+                        hint="stop the daemon and run: cdc-replicator --config FILE snapshot --table <table>",
+                    )
+                return
+            self._stop.wait(0.5)
+        raise LoadInterrupted(
+            "stopped waiting; the daemon continues the re-sync on its own",
+            hint="follow it with: cdc-replicator --config FILE status",
+        )
 
     def _loader(self, parallel: int | None, progress: ProgressSink | None) -> Loader:
         snap = self._cfg.snapshot
@@ -310,6 +345,14 @@ class Replicator:
             p = self._sink.position(t)
             if p is not None:
                 positions[t] = p
+        resync = Resyncer(
+            dsn=src.dsn,
+            slot=self._slot,
+            state=self._state,
+            schemas=schemas,
+            chunk_rows=min(self._cfg.snapshot.chunk_rows, max(1, self._cfg.batch.max_rows // 2), 20_000),
+            connect_timeout=src.connect_timeout_seconds,
+        )
         source = LogicalSource(
             src.dsn,
             slot=self._slot,
@@ -332,11 +375,13 @@ class Replicator:
         try:
             source.open()
             logger.info("streaming slot=%s from=%s dsn=%s", self._slot, start, redact_dsn(src.dsn))
+            resync.restore()
+            txn_commit = Lsn.ZERO
             for ev in source.events(idle_timeout=0.2):
                 if self._stop.is_set():
                     last = batcher.flush()
                     if last is not None:
-                        confirmed = self._apply(last, source, confirmed)
+                        confirmed = self._apply(last, source, confirmed, resync)
                     break
                 batch: ChangeBatch | None = None
                 if ev is None:
@@ -346,23 +391,34 @@ class Replicator:
                     # flush): the batch timer must run on them too, or nothing would ever close
                     batch = batcher.poll()
                     if batch is not None:
-                        confirmed = self._apply(batch, source, confirmed)
+                        confirmed = self._apply(batch, source, confirmed, resync)
                         batch = None
                     if batcher.idle and ev.wal_end > confirmed:
                         # everything sent before the keepalive is applied: let the slot move on
                         self._state.record_applied(self._slot, ev.wal_end)
                         source.confirm(ev.wal_end)
                         confirmed = ev.wal_end
-                    continue
                 elif isinstance(ev, RelationChanged):
                     self._check_relation(ev, schemas)
                     batcher.add(ev)
-                else:
+                elif isinstance(ev, SourceMessage):
+                    for injected in resync.on_message(ev, txn_commit):
+                        done = batcher.add(injected)
+                        if done is not None:
+                            confirmed = self._apply(done, source, confirmed, resync)
+                elif isinstance(ev, Begin | Commit | RowChange | Truncate):
+                    if isinstance(ev, Begin):
+                        txn_commit = ev.commit_lsn
+                    elif isinstance(ev, RowChange | Truncate):
+                        resync.on_change(ev)
                     batch = batcher.add(ev)
                 if batch is not None:
-                    confirmed = self._apply(batch, source, confirmed)
+                    confirmed = self._apply(batch, source, confirmed, resync)
+                if resync.active:
+                    resync.step()
         finally:
             source.close()
+            resync.close()
         logger.info("stream stopped slot=%s confirmed=%s", self._slot, confirmed)
 
     def _check_relation(self, ev: RelationChanged, schemas: Mapping[TableId, TableSchema]) -> None:
@@ -379,12 +435,13 @@ class Replicator:
                 hint="re-sync after the change: cdc-replicator --config FILE snapshot",
             )
 
-    def _apply(self, batch: ChangeBatch, source: LogicalSource, confirmed: Lsn) -> Lsn:
+    def _apply(self, batch: ChangeBatch, source: LogicalSource, confirmed: Lsn, resync: Resyncer) -> Lsn:
         started = time.monotonic()
         for patch in batch.tables.values():
             self._sink.apply(patch, batch.position, batch_id=batch.batch_id)
             failpoints.hit("after_table_commit")
         failpoints.hit("before_confirm")
+        resync.committed(batch.end)
         if batch.end > confirmed:
             self._state.record_applied(self._slot, batch.end)
             source.confirm(batch.end)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cdc_replicator.errors import ConfigError, ReplicatorError
 from cdc_replicator.model import KeyRange, Lsn, TableId
 
-__all__ = ["LoadRecord", "SlotRecord", "StateStore", "migrations_dir"]
+__all__ = ["LoadRecord", "ResyncRecord", "SlotRecord", "StateStore", "migrations_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,18 @@ class LoadRecord:
     chunks: int
     chunks_done: int
     rows_done: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncRecord:
+    table: TableId
+    request: str
+    low_watermark: Lsn | None
+    next_key: tuple[str, ...] | None
+    chunks: int
+    rows: int
+    state: str
+    detail: str | None
 
 
 def _bounds_json(r: KeyRange) -> str:
@@ -270,6 +282,53 @@ class StateStore:
                     "update cdc_load set state = :st, updated_at = :now where slot = :s and table_name = :t"
                 ),
                 {"s": slot, "t": str(table), "st": state, "now": _now()},
+            )
+
+    # ---- live re-syncs -----------------------------------------------------------------------
+
+    def resyncs(self, slot: str) -> list[ResyncRecord]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "select table_name, request, low_watermark, next_key, chunks, rows, state, detail "
+                    "from cdc_resync where slot = :s order by table_name"
+                ),
+                {"s": slot},
+            ).fetchall()
+        return [
+            ResyncRecord(
+                TableId.parse(r[0]),
+                r[1],
+                None if r[2] is None else Lsn.parse(r[2]),
+                None if r[3] is None else tuple(json.loads(r[3])),
+                int(r[4]),
+                int(r[5]),
+                r[6],
+                r[7],
+            )
+            for r in rows
+        ]
+
+    def save_resync(self, slot: str, rec: ResyncRecord) -> None:
+        with self._engine.begin() as conn:
+            params = {"s": slot, "t": str(rec.table)}
+            conn.execute(text("delete from cdc_resync where slot = :s and table_name = :t"), params)
+            conn.execute(
+                text(
+                    "insert into cdc_resync (slot, table_name, request, low_watermark, next_key, chunks, rows, "
+                    "state, detail, updated_at) values (:s, :t, :r, :lw, :nk, :c, :n, :st, :d, :now)"
+                ),
+                {
+                    **params,
+                    "r": rec.request,
+                    "lw": None if rec.low_watermark is None else str(rec.low_watermark),
+                    "nk": None if rec.next_key is None else json.dumps(list(rec.next_key)),
+                    "c": rec.chunks,
+                    "n": rec.rows,
+                    "st": rec.state,
+                    "d": rec.detail,
+                    "now": _now(),
+                },
             )
 
     # ---- table status ----------------------------------------------------------------------

@@ -446,7 +446,7 @@ class DeltaSink:
     def _merge(dt: DeltaTable, plan: MergePlan, props: CommitProperties, patch: TablePatch) -> dict[str, Any]:
         """One sequenced MERGE. A TRUNCATE on a soft-delete table marks every other row deleted."""
         predicate = plan.predicate
-        if patch.truncate:  # every row is concerned: no key range
+        if patch.truncate or patch.cleanup_below:  # every row is concerned: no key range
             predicate = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in patch.schema.key)
         merger = dt.merge(
             plan.source, predicate=predicate, source_alias="s", target_alias="t", commit_properties=props
@@ -470,6 +470,17 @@ class DeltaSink:
                 },
                 "t._cdc_deleted IS DISTINCT FROM true",
             )
+        if patch.cleanup_below and not patch.truncate:
+            # the end of a live re-sync: every row still present at the source was rewritten (or
+            # changed by the stream) since the first low watermark; an older row is gone at the source
+            stale = f"t._cdc_lsn < {int(patch.cleanup_below)}"
+            if plan.delete_predicate is not None:
+                merger = merger.when_not_matched_by_source_delete(stale)
+            else:
+                merger = merger.when_not_matched_by_source_update(
+                    {"_cdc_deleted": "true", "_cdc_op": "'d'"},
+                    f"{stale} AND t._cdc_deleted IS DISTINCT FROM true",
+                )
         return dict(merger.execute())
 
     @staticmethod

@@ -15,6 +15,7 @@ from cdc_replicator.model import (
     RelationChanged,
     RowChange,
     SourceEvent,
+    SourceMessage,
     TableId,
     TableSchema,
     Truncate,
@@ -23,7 +24,9 @@ from cdc_replicator.model import (
 )
 from cdc_replicator.source import pgoutput as wire
 
-__all__ = ["Decoder"]
+__all__ = ["MESSAGE_PREFIX", "Decoder"]
+
+MESSAGE_PREFIX = "cdc-replicator"  # pg_logical_emit_message prefix of the messages meant for us
 
 
 class Decoder:
@@ -81,7 +84,9 @@ class Decoder:
                 if schema is not None:
                     tables.append(schema.table)
             return [Truncate(tuple(tables), self._seq)] if tables else []
-        # Origin, Type, LogicalMessage: nothing for the data flow (yet).
+        if isinstance(msg, wire.LogicalMessage) and msg.prefix == MESSAGE_PREFIX:
+            return [SourceMessage(msg.content, msg.transactional)]
+        # Origin, Type, other logical messages: nothing for the data flow.
         return []
 
     def _schema(self, relation_id: int) -> TableSchema | None:

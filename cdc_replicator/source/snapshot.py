@@ -154,11 +154,16 @@ def plan_ranges(
         step = max(1, -(-pages // n))
         return [KeyRange(pages=(p, None if p + step >= pages else p + step)) for p in range(0, pages, step)]
     key_cols = [c for c in schema.columns if c.is_key]
-    want = n * 32
+    want = max(2000, n * 32)
     percent = min(100.0, max(0.0001, 100.0 * want / rows))
     order = sql.SQL(", ").join(_key_expr(c.name, c.type_oid) for c in key_cols)
-    cols = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in key_cols)
-    q = sql.SQL("select {} from {} tablesample system ({}) order by {}").format(
+    # aliased: "order by id" would otherwise sort by the text output column of the same name
+    cols = sql.SQL(", ").join(
+        sql.SQL("{}::text as {}").format(sql.Identifier(c.name), sql.Identifier(f"__k{i}"))
+        for i, c in enumerate(key_cols)
+    )
+    # bernoulli samples rows, not pages: an even sample even of small tables (one scan, once per load)
+    q = sql.SQL("select {} from {} tablesample bernoulli ({}) order by {}").format(
         cols, sql.Identifier(schema.table.schema, schema.table.name), sql.Literal(percent), order
     )
     sample = [tuple(str(v) for v in r) for r in conn.execute(q).fetchall()]

@@ -392,7 +392,8 @@ def test_a_snapshot_while_the_daemon_streams_is_refused_and_leaves_the_daemon_al
     write_config(daemon.config, pg, tmp_lake, [T])
     daemon.start()
     wait_converged(pg, tmp_lake, [T], daemon=daemon)
-    first_pid = _slot(pg).active_pid
+    # converged can come before the stream starts (the load is already in): wait for the walsender
+    first_pid = wait_until(lambda: _slot(pg).active_pid, timeout=30, message="daemon never held the slot")
 
     message = refusal(run_cli(daemon.config, "snapshot", timeout=CLI_TIMEOUT), SOURCE_ERROR)
     assert f"slot '{SLOT}' is in use by process {first_pid}" in message

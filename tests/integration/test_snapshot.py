@@ -170,3 +170,74 @@ def test_a_target_without_write_permission_is_refused_and_leaves_nothing_claimed
     result = run_cli(daemon.config, "snapshot")
     assert result.returncode == 7, result.stderr
     assert "public.single" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_live_resync_under_concurrent_writes_ends_equal_to_the_source_while_others_stream(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    tables = _make_tables(pg, 20_000)
+    write_config(daemon.config, pg, tmp_lake, tables, batch={"max_rows": 4000, "max_seconds": 0.2})
+    _with_snapshot(daemon.config, chunk_rows=1500)
+    daemon.start()
+    wait_converged(pg, tmp_lake, tables, daemon=daemon)
+    # the Delta table drifts: rows lost, and a row the source never had
+    single = str(table_path(tmp_lake, "public.single"))
+    DeltaTable(single).delete("id % 97 = 0")
+    stale = DeltaTable(single).to_pyarrow_table().slice(0, 1)
+    ids = pa.array([-42], pa.int64())
+    write_deltalake(single, stale.set_column(stale.schema.get_field_index("id"), "id", ids), mode="append")
+    assert diff_tables(pg, tmp_lake, "public.single") is not None
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with pg.connect(autocommit=True) as conn:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    conn.execute(
+                        "update single set v = %s where id = %s", (f"live{i}", 1 + (i * 7919) % 20_000)
+                    )
+                    conn.execute("delete from single where id = %s", (1 + (i * 104729) % 20_000,))
+                    conn.execute(
+                        "insert into single values (%s, 'fresh', 1) on conflict do nothing", (100_000 + i,)
+                    )
+                    conn.execute("update composite set v = v + 1 where tenant = %s and v = %s", (i % 7, i))
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        result = run_cli(daemon.config, "snapshot", "--table", "public.single", timeout=180)
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert not errors, errors
+    assert result.returncode == 0, result.stderr
+    assert "done" in result.stderr
+    wait_converged(pg, tmp_lake, tables, daemon=daemon, timeout=120)
+    assert daemon.alive()
+    assert daemon.stop() == 0
+
+
+def test_integer_keys_are_chunked_in_numeric_order_so_chunks_neither_overlap_nor_leave_gaps(
+    pg: PgDatabase,
+) -> None:
+    from cdc_replicator.model import Column, TableId, TableSchema
+    from cdc_replicator.source import checks
+    from cdc_replicator.source.snapshot import plan_ranges
+
+    pg.execute("create table nums (id bigint primary key, v int)")
+    pg.execute("insert into nums select g, g from generate_series(1, 50000) g")
+    pg.execute("analyze nums")
+    schema = TableSchema(TableId("public", "nums"), (Column("id", 20, -1, True), Column("v", 23)))
+    with checks.connect(pg.dsn) as conn:
+        ranges = plan_ranges(conn, schema, target_rows=5000)
+    edges = [int(r.hi[0]) for r in ranges if r.hi is not None]
+    assert len(ranges) > 5 and edges == sorted(edges) and len(set(edges)) == len(edges)

@@ -1,0 +1,321 @@
+"""Live re-sync of tables while the daemon streams: DBLog-style watermark chunks inside the stream.
+
+For each chunk of a table (the next ``chunk_rows`` keys after the last one done):
+1. a low watermark (LW) is written into the WAL with ``pg_logical_emit_message``;
+2. the chunk is read with a plain SELECT (its own snapshot, somewhere after LW);
+3. a high watermark (HW) is written.
+While the stream is between LW and HW, every key it changes is dropped from the chunk: the
+stream's own change is as new or newer. At HW, what is left of the chunk is injected into the
+stream as upserts in HW's transaction, so it lands exactly at HW's position and the sequenced merge
+orders it against everything else. The other tables keep streaming; the table never pauses.
+
+When the last chunk is in, rows the re-sync never rewrote and the stream never changed since the
+first LW (``_cdc_lsn`` below it) no longer exist at the source: the same MERGE removes them.
+
+Progress is saved in the state store only after the batch holding the chunk is committed to
+Delta, so a restart continues from a chunk that is really applied (an earlier save could make the
+final cleanup remove rows of a chunk that never landed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import psycopg
+from psycopg import sql
+
+from cdc_replicator.errors import SourceError
+from cdc_replicator.model import (
+    Lsn,
+    Op,
+    ResyncCleanup,
+    RowChange,
+    SourceMessage,
+    TableId,
+    TableSchema,
+    Truncate,
+    Value,
+)
+from cdc_replicator.source import checks
+from cdc_replicator.source.decoding import MESSAGE_PREFIX
+from cdc_replicator.source.snapshot import key_type_names
+from cdc_replicator.state import ResyncRecord, StateStore
+
+__all__ = ["Resyncer", "request_resync"]
+
+logger = logging.getLogger(__name__)
+
+_TEXTUAL = frozenset({25, 1043, 1042, 19})
+
+
+def _emit(conn: psycopg.Connection[tuple[object, ...]], payload: Mapping[str, object]) -> None:
+    conn.execute(
+        "select pg_logical_emit_message(true, %s, %s)", (MESSAGE_PREFIX, json.dumps(payload, sort_keys=True))
+    )
+
+
+def request_resync(conn: psycopg.Connection[tuple[object, ...]], tables: Sequence[TableId]) -> str:
+    """Ask the running daemon (through its own stream) to re-sync ``tables``; returns the request id."""
+    request = uuid.uuid4().hex
+    _emit(conn, {"op": "resync", "request": request, "tables": [str(t) for t in tables]})
+    return request
+
+
+@dataclass(slots=True)
+class _Chunk:
+    no: int
+    rows: dict[tuple[Value, ...], tuple[Value, ...]]
+    last_key: tuple[str, ...] | None
+    last: bool  # fewer rows than asked: the table ends here
+    window: bool = False
+
+
+@dataclass(slots=True)
+class _Table:
+    schema: TableSchema
+    request: str
+    low_watermark: Lsn | None = None
+    next_key: tuple[str, ...] | None = None
+    chunks: int = 0
+    rows: int = 0
+    chunk: _Chunk | None = None
+    key_types: dict[str, str] = field(default_factory=dict)
+
+    def record(self, state: str, detail: str | None = None) -> ResyncRecord:
+        return ResyncRecord(
+            self.schema.table,
+            self.request,
+            self.low_watermark,
+            self.next_key,
+            self.chunks,
+            self.rows,
+            state,
+            detail,
+        )
+
+
+class Resyncer:
+    """Drives the live re-syncs of one daemon. Called from the stream thread only."""
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        slot: str,
+        state: StateStore,
+        schemas: Mapping[TableId, TableSchema],
+        chunk_rows: int,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._dsn = dsn
+        self._slot = slot
+        self._state = state
+        self._schemas = dict(schemas)
+        self._chunk_rows = max(1, chunk_rows)
+        self._connect_timeout = connect_timeout
+        self._active: dict[TableId, _Table] = {}
+        self._pending: list[tuple[Lsn, ResyncRecord]] = []  # saved once a batch ending after Lsn commits
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Continue the re-syncs a previous run left running, from their last committed chunk."""
+        for rec in self._state.resyncs(self._slot):
+            schema = self._schemas.get(rec.table)
+            if rec.state != "running" or schema is None:
+                continue
+            self._active[rec.table] = _Table(
+                schema,
+                rec.request,
+                rec.low_watermark,
+                rec.next_key,
+                rec.chunks,
+                rec.rows,
+                key_types=self._key_types(schema),
+            )
+            logger.info("live re-sync continues table=%s chunks_done=%d", rec.table, rec.chunks)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self._active)
+
+    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
+        return self._conn
+
+    def _key_types(self, schema: TableSchema) -> dict[str, str]:
+        return key_type_names(self._connection(), schema)
+
+    # ---- the stream ----------------------------------------------------------------------------
+
+    def on_message(self, msg: SourceMessage, commit_lsn: Lsn) -> list[RowChange | ResyncCleanup]:
+        """Handle one of our messages, seen inside the transaction committed at ``commit_lsn``."""
+        try:
+            payload = json.loads(msg.content.decode())
+        except (UnicodeDecodeError, ValueError):
+            logger.warning("ignoring an unreadable cdc-replicator message")
+            return []
+        op = payload.get("op")
+        if op == "resync":
+            self._start(str(payload.get("request")), [str(t) for t in payload.get("tables", [])])
+            return []
+        table = self._active.get(TableId.parse(str(payload.get("table", ""))))
+        if table is None or table.request != payload.get("request") or table.chunk is None:
+            return []  # a watermark of a chunk lost in a restart, or of a finished re-sync
+        if table.chunk.no != payload.get("chunk"):
+            return []
+        if op == "lw":
+            table.chunk.window = True
+            if table.low_watermark is None:
+                table.low_watermark = commit_lsn
+            return []
+        if op == "hw":
+            return self._inject(table, commit_lsn)
+        return []
+
+    def on_change(self, ev: RowChange | Truncate) -> None:
+        """A change the stream carries: drop its keys from an open chunk window."""
+        if isinstance(ev, Truncate):
+            for t in ev.tables:
+                table = self._active.get(t)
+                if table is not None and table.chunk is not None and table.chunk.window:
+                    table.chunk.rows.clear()
+            return
+        table = self._active.get(ev.table)
+        if table is None or table.chunk is None or not table.chunk.window:
+            return
+        kpos = table.schema.key_positions
+        for row in (ev.new, ev.old):
+            if row is not None:
+                table.chunk.rows.pop(tuple(row[i] for i in kpos), None)
+
+    def step(self) -> None:
+        """Start the next chunk of every re-sync that has none in flight."""
+        for table in list(self._active.values()):
+            if table.chunk is None:
+                self._read_chunk(table)
+
+    def committed(self, end: Lsn) -> None:
+        """Every transaction ending at or before ``end`` is in Delta: save what they covered."""
+        keep: list[tuple[Lsn, ResyncRecord]] = []
+        for at, rec in self._pending:
+            if at < end:
+                self._state.save_resync(self._slot, rec)
+                if rec.state == "done":
+                    logger.info(
+                        "live re-sync done table=%s chunks=%d rows=%d", rec.table, rec.chunks, rec.rows
+                    )
+            else:
+                keep.append((at, rec))
+        self._pending = keep
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    def _start(self, request: str, names: list[str]) -> None:
+        for name in names:
+            tid = TableId.parse(name)
+            schema = self._schemas.get(tid)
+            if schema is None:
+                logger.warning("live re-sync request for %s ignored: not a configured table", name)
+                continue
+            current = self._active.get(tid)
+            if current is not None and current.request == request:
+                continue  # the same request seen again after a restart
+            done = [r for r in self._state.resyncs(self._slot) if r.table == tid and r.request == request]
+            if done and done[0].state != "running":
+                continue
+            if not any(c.is_key for c in schema.columns) or (
+                schema.replica_identity == "f" and all(c.is_key for c in schema.columns)
+            ):
+                rec = _Table(schema, request).record("failed", "a live re-sync needs a primary key")
+                self._state.save_resync(self._slot, rec)
+                logger.error(
+                    "live re-sync of %s refused: it has no primary key (stop the daemon and run snapshot)",
+                    tid,
+                )
+                continue
+            table = _Table(schema, request, key_types=self._key_types(schema))
+            self._active[tid] = table
+            self._state.save_resync(self._slot, table.record("running"))
+            logger.info("live re-sync started table=%s request=%s", tid, request)
+
+    def _read_chunk(self, table: _Table) -> None:
+        schema = table.schema
+        conn = self._connection()
+        no = table.chunks + 1
+        key_cols = [c for c in schema.columns if c.is_key]
+        keys = sql.SQL(", ").join(
+            sql.SQL('{} collate "C"').format(sql.Identifier(c.name))
+            if c.type_oid in _TEXTUAL
+            else sql.Identifier(c.name)
+            for c in key_cols
+        )
+        where: sql.Composable = sql.SQL("true")
+        if table.next_key is not None:
+            lits = sql.SQL(", ").join(
+                sql.SQL('{}::{} collate "C"' if c.type_oid in _TEXTUAL else "{}::{}").format(
+                    sql.Literal(v), sql.SQL(table.key_types[c.name])
+                )
+                for c, v in zip(key_cols, table.next_key, strict=True)
+            )
+            where = sql.SQL("({}) > ({})").format(keys, lits)
+        # aliased: "order by id" would otherwise sort by the text output column of the same name
+        cols = sql.SQL(", ").join(
+            sql.SQL("{}::text as {}").format(sql.Identifier(c.name), sql.Identifier(f"__c{i}"))
+            for i, c in enumerate(schema.columns)
+        )
+        query = sql.SQL("select {} from {} where {} order by {} limit {}").format(
+            cols,
+            sql.Identifier(schema.table.schema, schema.table.name),
+            where,
+            keys,
+            sql.Literal(self._chunk_rows),
+        )
+        payload = {"request": table.request, "table": str(schema.table), "chunk": no}
+        try:
+            _emit(conn, {"op": "lw", **payload})
+            rows = conn.execute(query).fetchall()
+            _emit(conn, {"op": "hw", **payload})
+        except psycopg.Error as exc:
+            self.close()
+            raise SourceError(
+                f"live re-sync of {schema.table}: reading chunk {no} failed: {str(exc).strip()}",
+                retryable=True,
+            ) from exc
+        kpos = schema.key_positions
+        data: dict[tuple[Value, ...], tuple[Value, ...]] = {}
+        for r in rows:
+            values = tuple(None if v is None else str(v).encode() for v in r)
+            data[tuple(values[i] for i in kpos)] = values
+        last_key = tuple(str(rows[-1][i]) for i in kpos) if rows else table.next_key
+        table.chunk = _Chunk(no, data, last_key, last=len(rows) < self._chunk_rows)
+
+    def _inject(self, table: _Table, commit_lsn: Lsn) -> list[RowChange | ResyncCleanup]:
+        chunk = table.chunk
+        assert chunk is not None
+        out: list[RowChange | ResyncCleanup] = [
+            RowChange(table.schema.table, Op.SNAPSHOT, values) for values in chunk.rows.values()
+        ]
+        table.chunks = chunk.no
+        table.rows += len(chunk.rows)
+        table.next_key = chunk.last_key
+        table.chunk = None
+        if chunk.last:
+            below = table.low_watermark or commit_lsn
+            out.append(ResyncCleanup(table.schema.table, below))
+            self._pending.append((commit_lsn, table.record("done")))
+            del self._active[table.schema.table]
+        else:
+            self._pending.append((commit_lsn, replace(table.record("running"))))
+        return out
