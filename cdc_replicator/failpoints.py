@@ -1,38 +1,52 @@
 """Named crash points for fault-injection tests, armed only by the CDC_FAILPOINTS environment variable.
 
 ``CDC_FAILPOINTS="after_table_commit=3,before_confirm"`` kills the process with SIGKILL at the
-third pass through ``after_table_commit`` and at the first through ``before_confirm``. Unset (the
-only state in production) every ``hit`` is a dictionary lookup on an empty dict.
+third pass through ``after_table_commit`` and at the first through ``before_confirm``;
+``chunk_read=2:raise`` instead raises a retryable connection error once, at the second pass (a
+dropped connection, deterministically). Unset (the only state in production) every ``hit`` is a
+dictionary lookup on an empty dict.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 
 __all__ = ["hit"]
 
 
-def _parse(spec: str) -> dict[str, int]:
-    armed: dict[str, int] = {}
+def _parse(spec: str) -> dict[str, tuple[int, str]]:
+    armed: dict[str, tuple[int, str]] = {}
     for part in spec.split(","):
-        name, _, count = part.strip().partition("=")
+        name, _, rest = part.strip().partition("=")
+        count, _, action = rest.partition(":")
         if name:
-            armed[name] = int(count) if count else 1
+            armed[name] = (int(count) if count else 1, action or "kill")
     return armed
 
 
 _ARMED = _parse(os.environ.get("CDC_FAILPOINTS", ""))
 _SEEN: dict[str, int] = {}
+_LOCK = threading.Lock()
 
 
 def hit(name: str) -> None:
-    """Die here (SIGKILL, no cleanup) if this point is armed and its count is reached."""
+    """Die here (SIGKILL, no cleanup), or raise once, if this point is armed and its count is reached."""
     if not _ARMED:
         return
-    want = _ARMED.get(name)
-    if want is None:
+    armed = _ARMED.get(name)
+    if armed is None:
         return
-    _SEEN[name] = _SEEN.get(name, 0) + 1
-    if _SEEN[name] >= want:
+    want, action = armed
+    with _LOCK:
+        _SEEN[name] = _SEEN.get(name, 0) + 1
+        seen = _SEEN[name]
+    if action == "raise":
+        if seen == want:
+            from cdc_replicator.errors import SourceUnavailable
+
+            raise SourceUnavailable(f"failpoint {name}: connection lost (injected)")
+        return
+    if seen >= want:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,5 +1,9 @@
 """Chunked, parallel, resumable table loads: plan key ranges, copy them with N connections, write each
-as one idempotent range overwrite, and record each finished chunk so a re-run skips it.
+as one Delta commit, and record each finished chunk so a re-run skips it.
+
+A new load empties the table first and its chunks append (concurrent appends never conflict). A
+resumed load cannot know whether the chunk it was writing at the crash got in, so its remaining
+chunks each replace their key range: redoing one is a no-op.
 
 Consistency: a fresh load reads every chunk in one snapshot (exported by the replication slot, shared
 by all connections, as ``pg_dump -j`` does). A resumed load reads its remaining chunks in a newer
@@ -120,8 +124,8 @@ class Loader:
     ) -> list[LoadResult]:
         """Load ``schemas``; each table ends at ``position``. Chunks are read in ``snapshot``.
 
-        ``fresh``: ignore earlier progress and empty the tables first; otherwise a load recorded
-        for the same position resumes with its pending chunks.
+        ``fresh``: ignore earlier progress; otherwise a load recorded for the same position
+        resumes with its pending chunks. A table that is not resumed is emptied and loaded anew.
         """
         work: list[_Work] = []
         remaining: dict[TableId, int] = {}
@@ -146,8 +150,7 @@ class Loader:
                 else:
                     ranges = plan_ranges(conn, schema, target_rows=self._chunk_rows)
                     self._state.start_load(self._slot, table, uuid.uuid4().hex, position, ranges)
-                    pages = ranges[0].pages is not None
-                    self._sink.begin_load(schema, fresh=fresh or pages)
+                    self._sink.begin_load(schema, fresh=True)
                     pending = list(enumerate(ranges))
                     chunks = len(ranges)
                     resumed_rows = None
@@ -159,7 +162,9 @@ class Loader:
                     self._progress.resumed(str(table), chunks_done=resumed_rows[0], rows=resumed_rows[1])
                 remaining[table] = len(pending)
                 totals[table] = 0
-                work += [_Work(schema, no, r, r.pages is not None) for no, r in pending]
+                # a new load emptied the table: its chunks append (concurrent appends never conflict);
+                # a resumed chunk may already be in, so it replaces its key range instead
+                work += [_Work(schema, no, r, r.pages is not None or not resumable) for no, r in pending]
             key_types = {s.table: key_type_names(conn, s) for s in schemas}
         # tables with nothing left to copy (empty plan, or a resumed load whose chunks were all in)
         for schema in schemas:
@@ -202,6 +207,7 @@ class Loader:
                             if conn is None or conn.closed:
                                 conn = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
                             try:
+                                failpoints.hit("chunk_read")
                                 written = self._sink.load_chunk(
                                     w.schema,
                                     copy_table(

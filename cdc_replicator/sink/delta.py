@@ -282,7 +282,8 @@ class DeltaSink:
         """Write one chunk as a single commit that replaces its key range: a redo is a no-op.
 
         Streams: the batches go to the Parquet writer as they arrive (memory ≈ a few batches).
-        ``append`` is for page-range chunks of tables without a key, which cannot be replaced.
+        ``append``: the chunk's rows cannot be in the table yet (a new load emptied it): a plain
+        append, which never conflicts with the other chunks' commits.
         """
         table = schema.table
         soft = table in self._soft

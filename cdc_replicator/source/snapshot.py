@@ -53,15 +53,23 @@ class _CopyStream(io.RawIOBase):
         return not self._buf
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        while not self._buf:
-            chunk = self._copy.read()
-            if not chunk:
-                return 0
-            self._buf = memoryview(chunk)
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
+        """Fill ``b`` with as many rows as fit: the server sends one CopyData message per row."""
+        size = len(b)
+        filled = 0
+        read = self._copy.read
+        buf = self._buf
+        while filled < size:
+            if not buf:
+                chunk = read()
+                if not chunk:
+                    break
+                buf = memoryview(chunk)
+            n = min(size - filled, len(buf))
+            b[filled : filled + n] = buf[:n]
+            filled += n
+            buf = buf[n:]
+        self._buf = buf
+        return filled
 
 
 def copy_table(
