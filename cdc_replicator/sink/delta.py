@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,6 +62,8 @@ class ApplyResult:
 
 @dataclass(frozen=True, slots=True)
 class ChunkWritten:
+    """One chunk in Delta: rows, Parquet files added, and the Arrow (uncompressed) bytes written."""
+
     rows: int
     files: int
     bytes: int
@@ -288,7 +291,7 @@ class DeltaSink:
         table = schema.table
         soft = table in self._soft
         tschema = target_schema(schema, soft_delete=soft)
-        counted = [0]
+        counted = [0, 0]  # rows, Arrow bytes (uncompressed data written)
 
         def typed() -> Iterator[pa.RecordBatch]:
             for chunk in batches:
@@ -306,12 +309,15 @@ class DeltaSink:
                 ]
                 if soft:
                     meta.append(pa.array([False] * n, pa.bool_()))
+                batch = pa.RecordBatch.from_arrays([*cols, *meta], schema=tschema)
                 counted[0] += n
-                yield pa.RecordBatch.from_arrays([*cols, *meta], schema=tschema)
+                counted[1] += batch.nbytes
+                yield batch
 
         reader = pa.RecordBatchReader.from_batches(tschema, typed())
         predicate = range_predicate(schema, key_range)
-        before = self._version(table)
+        token = f"{table}#{uuid.uuid4().hex}"
+        props = CommitProperties(custom_metadata={"cdc.op": "load-chunk", "cdc.chunk": token})
         try:
             if append:
                 write_deltalake(
@@ -320,7 +326,7 @@ class DeltaSink:
                     mode="append",
                     storage_options=self._opts or None,
                     target_file_size=self._file_size,
-                    commit_properties=CommitProperties(custom_metadata={"cdc.op": "load-chunk"}),
+                    commit_properties=props,
                 )
             else:
                 write_deltalake(
@@ -330,14 +336,24 @@ class DeltaSink:
                     predicate=predicate,
                     storage_options=self._opts or None,
                     target_file_size=self._file_size,
-                    commit_properties=CommitProperties(custom_metadata={"cdc.op": "load-chunk"}),
+                    commit_properties=props,
                 )
         except (DeltaError, OSError) as exc:
             raise SinkError(
                 f"writing a chunk of {table} to {self.uri(table)} failed: {exc}", retryable=True
             ) from exc
-        files, size = self._added_since(table, before)
-        return ChunkWritten(counted[0], files, size)
+        return ChunkWritten(counted[0], self._files_added(table, token), counted[1])
+
+    def _files_added(self, table: TableId, token: str) -> int:
+        """Files the commit tagged ``token`` added (read back from the recent history)."""
+        try:
+            dt = DeltaTable(self.uri(table), storage_options=self._opts or None)
+            for entry in dt.history(50):
+                if entry.get("cdc.chunk") == token:
+                    return int((entry.get("operationMetrics") or {}).get("num_added_files", 0) or 0)
+        except (DeltaError, OSError, ValueError):
+            pass
+        return 0
 
     def finish_load(self, schema: TableSchema, position: Lsn) -> None:
         """Record the load's position: from here on the table holds everything before it."""
@@ -355,26 +371,6 @@ class DeltaSink:
         except (DeltaError, OSError) as exc:
             raise SinkError(f"recording the load position of {table} failed: {exc}", retryable=True) from exc
         self._tables.pop(table, None)
-
-    def _version(self, table: TableId) -> int:
-        try:
-            return DeltaTable(self.uri(table), storage_options=self._opts or None).version()
-        except TableNotFoundError:
-            return -1
-
-    def _added_since(self, table: TableId, version: int) -> tuple[int, int]:
-        """Files and bytes the commits after ``version`` added (for the load report)."""
-        try:
-            dt = DeltaTable(self.uri(table), storage_options=self._opts or None)
-            files = size = 0
-            for entry in dt.history(max(1, dt.version() - version)):
-                if int(entry.get("version", -1)) > version:
-                    m = entry.get("operationMetrics") or {}
-                    files += int(m.get("num_added_files", 0) or 0)
-                    size += int(m.get("num_added_bytes", 0) or 0)
-            return files, size
-        except (DeltaError, OSError, ValueError):
-            return 0, 0
 
     def _configuration(self) -> dict[str, str | None] | None:
         if self._file_size:

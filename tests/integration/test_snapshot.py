@@ -257,7 +257,9 @@ def test_a_connection_lost_mid_chunk_is_retried_and_the_load_completes(
         assert diff_tables(pg, tmp_lake, t) is None
 
 
-def test_ctrl_c_stops_a_load_cleanly_and_a_rerun_resumes_it(pg: PgDatabase, tmp_lake: Path, daemon: Daemon) -> None:
+def test_ctrl_c_stops_a_load_cleanly_and_a_rerun_resumes_it(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
     import signal
     import subprocess
     import sys
@@ -268,7 +270,16 @@ def test_ctrl_c_stops_a_load_cleanly_and_a_rerun_resumes_it(pg: PgDatabase, tmp_
     _with_snapshot(daemon.config, chunk_rows=500, parallel=1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cdc_replicator", "--config", str(daemon.config), "--log-level", "info", "snapshot"],
+        [
+            sys.executable,
+            "-m",
+            "cdc_replicator",
+            "--config",
+            str(daemon.config),
+            "--log-level",
+            "info",
+            "snapshot",
+        ],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
