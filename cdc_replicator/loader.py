@@ -31,7 +31,9 @@ from cdc_replicator.model import KeyRange, Lsn, TableId, TableSchema
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.source import checks
 from cdc_replicator.source.snapshot import (
+    arrow_copy_available,
     copy_table,
+    copy_table_arrow,
     estimate_rows,
     key_type_names,
     plan_ranges,
@@ -101,6 +103,7 @@ class Loader:
         stop: threading.Event,
         progress: ProgressSink | None = None,
         connect_timeout: float = 10.0,
+        arrow_copy: bool = True,
     ) -> None:
         self._dsn = dsn
         self._sink = sink
@@ -112,6 +115,7 @@ class Loader:
         self._progress: ProgressSink = progress or _Silent()
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
+        self._arrow = arrow_copy and arrow_copy_available()
 
     def run(
         self,
@@ -208,20 +212,20 @@ class Loader:
                                 conn = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
                             try:
                                 failpoints.hit("chunk_read")
+                                where = range_condition(w.schema, key_types[w.schema.table], w.key_range)
+                                rows = (
+                                    copy_table_arrow(self._dsn, w.schema, snapshot=snapshot, where=where)
+                                    if self._arrow
+                                    else copy_table(conn, w.schema, snapshot=snapshot, where=where)
+                                )
                                 written = self._sink.load_chunk(
                                     w.schema,
-                                    copy_table(
-                                        conn,
-                                        w.schema,
-                                        snapshot=snapshot,
-                                        where=range_condition(
-                                            w.schema, key_types[w.schema.table], w.key_range
-                                        ),
-                                    ),
+                                    rows,
                                     w.key_range,
                                     snapshot_lsn=snapshot_lsn,
                                     loaded_at=loaded_at,
                                     append=w.append,
+                                    native=self._arrow,
                                 )
                             except ReplicatorError:
                                 if conn is not None:

