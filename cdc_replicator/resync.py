@@ -42,7 +42,7 @@ from cdc_replicator.model import (
 )
 from cdc_replicator.source import checks
 from cdc_replicator.source.decoding import MESSAGE_PREFIX
-from cdc_replicator.source.snapshot import key_type_names
+from cdc_replicator.source.snapshot import key_type_names, output_text
 from cdc_replicator.state import ResyncRecord, StateStore
 
 __all__ = ["Resyncer", "request_resync"]
@@ -270,9 +270,10 @@ class Resyncer:
                 for c, v in zip(key_cols, table.next_key, strict=True)
             )
             where = sql.SQL("({}) > ({})").format(keys, lits)
-        # aliased: "order by id" would otherwise sort by the text output column of the same name
+        # the stream's text form (so window keys match), aliased: "order by id" would otherwise sort
+        # by the output column of the same name
         cols = sql.SQL(", ").join(
-            sql.SQL("{}::text as {}").format(sql.Identifier(c.name), sql.Identifier(f"__c{i}"))
+            sql.SQL("{} as {}").format(output_text(c.name), sql.Identifier(f"__c{i}"))
             for i, c in enumerate(schema.columns)
         )
         query = sql.SQL("select {} from {} where {} order by {} limit {}").format(

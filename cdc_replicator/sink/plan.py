@@ -68,7 +68,7 @@ def typed_columns(
 
 
 # text-like types whose string value is the value itself (no normalisation by typemap)
-_NATIVE_TEXT = frozenset({25, 1043, 19})
+_NATIVE_TEXT = frozenset({25, 1043, 1042, 19})
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
 
 __all__ = [
     "CHUNKABLE_KEY_TYPES",
+    "output_text",
     "copy_table",
     "estimate_rows",
     "key_type_names",
@@ -123,6 +124,16 @@ def copy_table(
         raise SourceError(f"copy of {schema.table} failed: {str(exc).strip()}") from exc
 
 
+def output_text(column: str) -> sql.Composable:
+    """A column as its type's output function prints it: the form pgoutput and COPY send.
+
+    ``col::text`` is not that for every type (char(n) loses its padding, inet gains a netmask,
+    boolean becomes 'true'); ``format('%s', col)`` calls the output function. NULL stays NULL.
+    """
+    ident = sql.Identifier(column)
+    return sql.SQL("case when {} is null then null else format('%s', {}) end").format(ident, ident)
+
+
 def estimate_rows(conn: psycopg.Connection[tuple[object, ...]], schema: TableSchema) -> tuple[int, int]:
     """(estimated rows, heap pages) from the planner's statistics; counts when never analyzed."""
     row = conn.execute(
@@ -169,7 +180,7 @@ def plan_ranges(
     order = sql.SQL(", ").join(_key_expr(c.name, c.type_oid) for c in key_cols)
     # aliased: "order by id" would otherwise sort by the text output column of the same name
     cols = sql.SQL(", ").join(
-        sql.SQL("{}::text as {}").format(sql.Identifier(c.name), sql.Identifier(f"__k{i}"))
+        sql.SQL("{} as {}").format(output_text(c.name), sql.Identifier(f"__k{i}"))
         for i, c in enumerate(key_cols)
     )
     # bernoulli samples rows, not pages: an even sample even of small tables (one scan, once per load)
@@ -230,9 +241,10 @@ def key_type_names(conn: psycopg.Connection[tuple[object, ...]], schema: TableSc
 
 
 # Types whose binary COPY form the ADBC driver turns into exactly the Arrow type and values that the
-# text path produces (int2/4/8, float4/8, bool, text, varchar, name, bytea). Every other column is
-# selected as ``::text`` and cast by ``typemap`` like the stream's values: one source of truth.
-NATIVE_TYPES = frozenset({21, 23, 20, 700, 701, 16, 25, 1043, 19, 17})
+# text path produces (int2/4/8, float4/8, bool, text, varchar, char(n) with its padding, name, bytea).
+# Every other column is selected in its output-function text form (``output_text``) and cast by
+# ``typemap`` like the stream's values: one source of truth.
+NATIVE_TYPES = frozenset({21, 23, 20, 700, 701, 16, 25, 1043, 1042, 19, 17})
 _SNAPSHOT_RE = re.compile(r"^[0-9A-Fa-f-]+$")
 
 
@@ -265,7 +277,7 @@ def copy_table_arrow(
     items = [
         sql.Identifier(c.name)
         if c.type_oid in NATIVE_TYPES
-        else sql.SQL("{}::text as {}").format(sql.Identifier(c.name), sql.Identifier(c.name))
+        else sql.SQL("{} as {}").format(output_text(c.name), sql.Identifier(c.name))
         for c in schema.columns
     ]
     query = sql.SQL("select {} from {} where {}").format(

@@ -61,7 +61,11 @@ def source_rows(db: PgDatabase, table: str, cols: list[str], text_cols: set[str]
     """The source table's rows, with ``text_cols`` read as their text form (as Delta stores them)."""
     schema, _, name = table.rpartition(".")
     items = [
-        sql.SQL("{}::text").format(sql.Identifier(c)) if c in text_cols else sql.Identifier(c) for c in cols
+        # the output function's text (what the stream carries), not ::text (char(n) loses padding)
+        sql.SQL("case when {0} is null then null else format('%s', {0}) end").format(sql.Identifier(c))
+        if c in text_cols
+        else sql.Identifier(c)
+        for c in cols
     ]
     q = sql.SQL("select {} from {}").format(
         sql.SQL(", ").join(items), sql.Identifier(schema or "public", name)
