@@ -152,11 +152,8 @@ class Replicator:
             system_id = self._system_id()
             whole = tables is None or info is None or (rec is not None and rec.load_state == "loading")
             if whole:
-                self._full_load(conn, schemas, system_id, progress=progress, parallel=parallel)
-                return self._last_results
+                return self._full_load(conn, schemas, system_id, progress=progress, parallel=parallel)[1]
         return self._partial_load([schemas[t] for t in wanted], progress=progress, parallel=parallel)
-
-    _last_results: list[LoadResult] = []
 
     def _live_resync(self, conn: psycopg.Connection[tuple[object, ...]], tables: list[TableId]) -> None:
         """Ask the running daemon to re-sync ``tables`` and wait until it reports them done."""
@@ -269,7 +266,7 @@ class Replicator:
             )
             if plan.kind is not StartKind.STREAM:
                 logger.info("initial load needed reason=%s slot=%s", plan.kind.value, self._slot)
-                start = self._full_load(conn, schemas, system_id)
+                start, _ = self._full_load(conn, schemas, system_id)
                 plan = StartPlan(StartKind.STREAM, start)
         self._stream(schemas, plan.start)
 
@@ -281,7 +278,7 @@ class Replicator:
         *,
         progress: ProgressSink | None = None,
         parallel: int | None = None,
-    ) -> Lsn:
+    ) -> tuple[Lsn, list[LoadResult]]:
         """Load every table at the slot's consistent point; resume our own load that was cut short.
 
         Fresh: (re)create the slot with an exported snapshot and copy every chunk inside it.
@@ -313,7 +310,7 @@ class Replicator:
                     point,
                     temp.consistent_point,
                 )
-                self._last_results = self._loader(parallel, progress).run(
+                results = self._loader(parallel, progress).run(
                     ordered,
                     position=point,
                     snapshot=temp.snapshot_name,
@@ -328,15 +325,15 @@ class Replicator:
                 self._state.set_consistent_point(self._slot, point)
                 logger.info("replication slot created slot=%s consistent_point=%s", self._slot, point)
                 failpoints.hit("after_slot_created")
-                self._last_results = self._loader(parallel, progress).run(
+                results = self._loader(parallel, progress).run(
                     ordered, position=point, snapshot=created.snapshot_name, snapshot_lsn=point, fresh=True
                 )
         finally:
             repl.close()
-        for r in self._last_results:
+        for r in results:
             logger.info("initial load done table=%s rows=%d chunks=%d", r.table, r.rows, r.chunks)
         self._state.finish_load(self._slot, point)
-        return point
+        return point, results
 
     def _stream(self, schemas: Mapping[TableId, TableSchema], start: Lsn) -> None:
         src = self._cfg.source

@@ -15,6 +15,11 @@ first LW (``_cdc_lsn`` below it) no longer exist at the source: the same MERGE r
 Progress is saved in the state store only after the batch holding the chunk is committed to
 Delta, so a restart continues from a chunk that is really applied (an earlier save could make the
 final cleanup remove rows of a chunk that never landed).
+
+After a restart the replayed stream may carry the old LW/HW of the chunk number the restored
+re-sync reads again; the new chunk is then injected at the old, earlier HW. That is still right:
+the chunk was read after that point and every change after it replays after the injection (so
+each key ends at the stream's last value), and a wider window only leaves more keys to the stream.
 """
 
 from __future__ import annotations

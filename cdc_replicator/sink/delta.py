@@ -154,88 +154,6 @@ class DeltaSink:
 
     # ---- initial / full loads ------------------------------------------------------------
 
-    def load(
-        self,
-        schema: TableSchema,
-        batches: Iterable[pa.RecordBatch | pa.Table],
-        *,
-        position: Lsn,
-        loaded_at: datetime,
-        chunk_rows: int = 1_000_000,
-        chunk_bytes: int = 128 * 1024 * 1024,
-    ) -> int:
-        """Replace the table with the given rows (PostgreSQL text), then record ``position``.
-
-        The first commit overwrites the table and clears its position, so a load cut short by a
-        crash is never mistaken for a complete one; the last commit sets the position. Rows are
-        written in chunks of at most ``chunk_rows`` rows or ``chunk_bytes`` of Arrow data, so
-        memory does not grow with the table.
-        """
-        table = schema.table
-        soft = table in self._soft
-        tschema = target_schema(schema, soft_delete=soft)
-        cleared = TablePosition(Lsn.ZERO)
-        pending: list[pa.Table] = []
-        pending_rows = 0
-        pending_bytes = 0
-        total = 0
-        first = True
-
-        def write(data: pa.Table, pos: TablePosition, mode: str) -> None:
-            props = self._props(table, pos, {"cdc.op": "load"})
-            try:
-                if mode == "overwrite":
-                    write_deltalake(
-                        self.uri(table),
-                        data,
-                        mode="overwrite",
-                        schema_mode="overwrite",
-                        storage_options=self._opts or None,
-                        configuration=self._configuration(),
-                        commit_properties=props,
-                    )
-                else:
-                    write_deltalake(
-                        self.uri(table),
-                        data,
-                        mode="append",
-                        storage_options=self._opts or None,
-                        commit_properties=props,
-                    )
-            except (DeltaError, OSError) as exc:
-                raise SinkError(f"writing the load of {table} to {self.uri(table)} failed") from exc
-
-        def flush(pos: TablePosition) -> None:
-            nonlocal pending, pending_rows, pending_bytes, first
-            data = pa.concat_tables(pending) if pending else tschema.empty_table()
-            write(data, pos, "overwrite" if first else "append")
-            first = False
-            pending, pending_rows, pending_bytes = [], 0, 0
-
-        for chunk in batches:
-            n = chunk.num_rows
-            if n == 0:
-                continue
-            cols = typed_columns(schema, chunk)
-            meta: list[pa.Array] = [
-                pa.array([position.value] * n, pa.int64()),
-                pa.array([Op.SNAPSHOT.value] * n, pa.string()),
-                pa.array([loaded_at] * n, _TS_UTC),
-            ]
-            if soft:
-                meta.append(pa.array([False] * n, pa.bool_()))
-            typed = pa.Table.from_arrays([*cols, *meta], schema=tschema)
-            pending.append(typed)
-            pending_rows += n
-            pending_bytes += typed.nbytes
-            total += n
-            if pending_rows >= chunk_rows or pending_bytes >= chunk_bytes:
-                flush(cleared)
-        flush(TablePosition(position))
-        self._tables.pop(table, None)
-        logger.info("table loaded table=%s rows=%d position=%s", table, total, position)
-        return total
-
     # ---- chunked loads (cdc-replicator snapshot) --------------------------------------------
 
     def begin_load(self, schema: TableSchema, *, fresh: bool) -> None:
@@ -251,23 +169,9 @@ class DeltaSink:
         props = self._props(table, TablePosition(Lsn.ZERO), {"cdc.op": "load-begin"})
         try:
             if fresh or not same:
-                write_deltalake(
-                    self.uri(table),
-                    tschema.empty_table(),
-                    mode="overwrite",
-                    schema_mode="overwrite",
-                    storage_options=self._opts or None,
-                    configuration=self._configuration(),
-                    commit_properties=props,
-                )
+                self._write(table, tschema.empty_table(), props, mode="overwrite", new_schema=True)
             else:
-                write_deltalake(
-                    self.uri(table),
-                    tschema.empty_table(),
-                    mode="append",
-                    storage_options=self._opts or None,
-                    commit_properties=props,
-                )
+                self._write(table, tschema.empty_table(), props, mode="append")
         except (DeltaError, OSError) as exc:
             raise SinkError(f"cannot prepare the Delta table of {table} at {self.uri(table)}: {exc}") from exc
         self._tables.pop(table, None)
@@ -321,25 +225,14 @@ class DeltaSink:
         token = f"{table}#{uuid.uuid4().hex}"
         props = CommitProperties(custom_metadata={"cdc.op": "load-chunk", "cdc.chunk": token})
         try:
-            if append:
-                write_deltalake(
-                    self.uri(table),
-                    reader,
-                    mode="append",
-                    storage_options=self._opts or None,
-                    target_file_size=self._file_size,
-                    commit_properties=props,
-                )
-            else:
-                write_deltalake(
-                    self.uri(table),
-                    reader,
-                    mode="overwrite",
-                    predicate=predicate,
-                    storage_options=self._opts or None,
-                    target_file_size=self._file_size,
-                    commit_properties=props,
-                )
+            self._write(
+                table,
+                reader,
+                props,
+                mode="append" if append else "overwrite",
+                predicate=predicate,
+                file_size=self._file_size,
+            )
         except (DeltaError, OSError) as exc:
             raise SinkError(
                 f"writing a chunk of {table} to {self.uri(table)} failed: {exc}", retryable=True
@@ -363,16 +256,57 @@ class DeltaSink:
         tschema = target_schema(schema, soft_delete=table in self._soft)
         props = self._props(table, TablePosition(position), {"cdc.op": "load-end"})
         try:
-            write_deltalake(
-                self.uri(table),
-                tschema.empty_table(),
-                mode="append",
-                storage_options=self._opts or None,
-                commit_properties=props,
-            )
+            self._write(table, tschema.empty_table(), props, mode="append")
         except (DeltaError, OSError) as exc:
             raise SinkError(f"recording the load position of {table} failed: {exc}", retryable=True) from exc
         self._tables.pop(table, None)
+
+    def _write(
+        self,
+        table: TableId,
+        data: pa.Table | pa.RecordBatchReader,
+        props: CommitProperties,
+        *,
+        mode: str,
+        new_schema: bool = False,
+        predicate: str | None = None,
+        file_size: int | None = None,
+    ) -> None:
+        """The one ``write_deltalake`` call: ``append``, or ``overwrite`` (of ``predicate``'s rows, or all).
+
+        ``new_schema`` replaces the table's schema and sets its configuration (a load starting).
+        """
+        target = self.uri(table)
+        opts = self._opts or None
+        if mode == "append":
+            write_deltalake(
+                target,
+                data,
+                mode="append",
+                storage_options=opts,
+                target_file_size=file_size,
+                commit_properties=props,
+            )
+        elif new_schema:
+            write_deltalake(
+                target,
+                data,
+                mode="overwrite",
+                schema_mode="overwrite",
+                storage_options=opts,
+                configuration=self._configuration(),
+                commit_properties=props,
+            )
+        else:
+            write_deltalake(
+                target,
+                data,
+                mode="overwrite",
+                predicate=predicate,
+                storage_options=opts,
+                target_file_size=file_size,
+                commit_properties=props,
+            )
 
     def _configuration(self) -> dict[str, str | None] | None:
         if self._file_size:
@@ -403,13 +337,7 @@ class DeltaSink:
         before = dt.version()
         try:
             if patch.truncate and not soft:
-                write_deltalake(
-                    dt,
-                    plan.upsert_rows,
-                    mode="overwrite",
-                    storage_options=self._opts or None,
-                    commit_properties=props,
-                )
+                self._write(table, plan.upsert_rows, props, mode="overwrite")
                 self._tables.pop(table, None)
                 n = plan.upsert_rows.num_rows
                 return ApplyResult(table, before + 1, n, 0, 0, True)
@@ -417,13 +345,7 @@ class DeltaSink:
             dt.update_incremental()
             if dt.version() == before:
                 # delta-rs does not commit a merge that changes no file; record the position anyway
-                write_deltalake(
-                    dt,
-                    plan.upsert_rows.schema.empty_table(),
-                    mode="append",
-                    storage_options=self._opts or None,
-                    commit_properties=props,
-                )
+                self._write(table, plan.upsert_rows.schema.empty_table(), props, mode="append")
                 dt.update_incremental()
         except (DeltaError, OSError) as exc:
             self._tables.pop(table, None)
