@@ -364,8 +364,8 @@ def test_a_second_daemon_on_a_busy_slot_retries_then_gives_up_without_disturbing
     write_config(daemon.config, pg, tmp_lake, [T])
     daemon.start()
     wait_converged(pg, tmp_lake, [T], daemon=daemon)
-    first_pid = _slot(pg).active_pid
-    assert first_pid is not None
+    # converged can come before the stream starts (the load is already in): wait for the walsender
+    first_pid = wait_until(lambda: _slot(pg).active_pid, timeout=30, message="daemon never held the slot")
 
     # same slot, lake and state store (write_config puts the state next to the config file)
     second = write_config(
@@ -427,6 +427,7 @@ def test_status_json_reports_the_slot_and_each_table_position_with_or_without_a_
 
     daemon.start()
     wait_converged(pg, tmp_lake, tables, daemon=daemon)
+    wait_until(lambda: _slot(pg).active_pid, timeout=30, message="daemon never held the slot")
     running = _status(daemon.config)
     assert isinstance(running["slot"], dict), running
     streaming_pid = _slot(pg).active_pid
