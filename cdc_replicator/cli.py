@@ -82,17 +82,44 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> 
 @_errors_to_exit
 def run(ctx: click.Context) -> None:
     """Stream changes into Delta (loading every table first on the first run)."""
-    from cdc_replicator.daemon import install_signal_handlers
+    from cdc_replicator.daemon import SystemdNotifier, install_signal_handlers
+    from cdc_replicator.health import HealthState, Phase
+    from cdc_replicator.metrics import Metrics
     from cdc_replicator.pipeline import Replicator
+    from cdc_replicator.server import HealthServer
 
     stop = threading.Event()
     install_signal_handlers(stop)  # first: a SIGTERM during start-up still stops cleanly
     cfg = _load(ctx)
-    rep = Replicator(cfg, stop=stop)
+    install_signal_handlers(stop, grace_seconds=cfg.server.stop_timeout_seconds)
+    health = HealthState(cfg.table_ids, liveness_timeout=cfg.server.liveness_timeout_seconds)
+    metrics = Metrics(health, cfg.table_ids)
+    server = HealthServer(cfg.server, health, metrics) if cfg.server.enabled else None
+    notifier = SystemdNotifier()
+
+    def on_phase(phase: Phase, error: str | None) -> None:
+        # READY once the source checks passed: an initial load may take hours, longer than any
+        # start timeout; systemd's STATUS= line says what the daemon is doing meanwhile
+        text = phase.value + (f": {error}" if error else "")
+        if phase in (Phase.LOADING, Phase.STREAMING):
+            notifier.ready(text)
+        elif phase is Phase.STOPPING:
+            notifier.stopping()
+        else:
+            notifier.status(text)
+
+    health.add_listener(on_phase)
+    if server is not None:
+        server.start()
+    notifier.start_watchdog(health.alive)
+    rep = Replicator(cfg, stop=stop, health=health, metrics=metrics)
     try:
         rep.run()
     finally:
         rep.close()
+        notifier.close()
+        if server is not None:
+            server.stop()
     logger.info("stopped cleanly")
 
 
@@ -149,17 +176,14 @@ def snapshot(ctx: click.Context, tables: tuple[str, ...], parallel: int | None) 
 @_errors_to_exit
 def status(ctx: click.Context, as_json: bool) -> None:
     """Where each table stands (read from the Delta commits and the source), whether or not a daemon runs."""
-    from cdc_replicator.status import collect_status
+    from cdc_replicator.status import collect_status, render_status
 
     cfg = _load(ctx)
     report = collect_status(cfg)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    slot = report["slot"]
-    click.echo(f"slot {cfg.source.slot}: {slot}")
-    for row in report["tables"]:
-        click.echo(f"  {row['table']:<40} position={row['position']} rows={row['rows']}")
+    click.echo(render_status(report))
 
 
 @cli.command()

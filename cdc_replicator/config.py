@@ -82,6 +82,9 @@ class SourceConfig:
     connect_timeout_seconds: float = 10.0
     retry_max_seconds: float = 30.0  # cap of the exponential backoff between reconnect attempts
     retry_give_up_seconds: float = 0.0  # 0 = retry forever
+    heartbeat_interval_seconds: float = 0.0  # 0 = no heartbeat messages
+    slot_check_interval_seconds: float = 15.0  # lag, retained WAL and wal_status of the slot
+    max_retained_wal_bytes: int = 4 * 1024 * _MIB  # warn above this; 0 = never warn
 
     def __repr__(self) -> str:
         return (
@@ -89,7 +92,10 @@ class SourceConfig:
             f"publication={self.publication!r}, streaming={self.streaming!r}, "
             f"status_interval_seconds={self.status_interval_seconds!r}, "
             f"connect_timeout_seconds={self.connect_timeout_seconds!r}, "
-            f"retry_max_seconds={self.retry_max_seconds!r}, retry_give_up_seconds={self.retry_give_up_seconds!r})"
+            f"retry_max_seconds={self.retry_max_seconds!r}, retry_give_up_seconds={self.retry_give_up_seconds!r}, "
+            f"heartbeat_interval_seconds={self.heartbeat_interval_seconds!r}, "
+            f"slot_check_interval_seconds={self.slot_check_interval_seconds!r}, "
+            f"max_retained_wal_bytes={self.max_retained_wal_bytes!r})"
         )
 
 
@@ -153,6 +159,8 @@ class ServerConfig:
 
     listen: str = "127.0.0.1:9187"
     enabled: bool = True
+    liveness_timeout_seconds: float = 120.0  # /healthz answers 503 after this long without progress
+    stop_timeout_seconds: float = 60.0  # a graceful stop longer than this exits at once; 0 = no bound
 
     @property
     def host(self) -> str:
@@ -467,6 +475,9 @@ class _Document:
                 connect_timeout_seconds=src.get("connect_timeout_seconds", _positive_float),
                 retry_max_seconds=src.get("retry_max_seconds", _positive_float),
                 retry_give_up_seconds=src.get("retry_give_up_seconds", _nonnegative_float),
+                heartbeat_interval_seconds=src.get("heartbeat_interval_seconds", _nonnegative_float),
+                slot_check_interval_seconds=src.get("slot_check_interval_seconds", _positive_float),
+                max_retained_wal_bytes=src.get("max_retained_wal_bytes", _nonnegative_int),
             ),
             target=TargetConfig(
                 uri=tgt.get("uri", _nonempty_str),
@@ -486,7 +497,12 @@ class _Document:
                 chunk_rows=snap.get("chunk_rows", _positive_int),
             ),
             state=StateConfig(url=state.get("url", _sqlalchemy_url)),
-            server=ServerConfig(listen=server.get("listen", _listen), enabled=server.get("enabled", _bool)),
+            server=ServerConfig(
+                listen=server.get("listen", _listen),
+                enabled=server.get("enabled", _bool),
+                liveness_timeout_seconds=server.get("liveness_timeout_seconds", _positive_float),
+                stop_timeout_seconds=server.get("stop_timeout_seconds", _nonnegative_float),
+            ),
             log=LogConfig(
                 level=log.get("level", _log_level),
                 format=cast(LogFormat, log.get("format", _choice(get_args(LogFormat)))),

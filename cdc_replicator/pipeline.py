@@ -29,7 +29,9 @@ from cdc_replicator.batching import Batcher, BatchLimits
 from cdc_replicator.checkpoint import Recorded, SlotState, StartKind, StartPlan, plan_start
 from cdc_replicator.config import Config, redact_dsn
 from cdc_replicator.errors import ConfigError, ContractViolation, ReplicatorError, SourceError
+from cdc_replicator.health import HealthState, Phase, TableState
 from cdc_replicator.loader import Loader, LoadInterrupted, LoadResult, ProgressSink
+from cdc_replicator.metrics import WAL_STATUSES, Metrics
 from cdc_replicator.model import (
     Begin,
     ChangeBatch,
@@ -76,10 +78,14 @@ class Replicator:
         *,
         stop: threading.Event | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
+        health: HealthState | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._cfg = config
         self._stop = stop or threading.Event()
         self._on_batch = on_batch
+        self._health = health or HealthState(config.table_ids)
+        self._metrics = metrics
         self._slot = config.source.slot
         self._tables = config.table_ids
         self._sink = DeltaSink(
@@ -104,14 +110,48 @@ class Replicator:
             wait=wait_exponential(multiplier=0.5, min=0.5, max=self._cfg.source.retry_max_seconds),
             stop=stop_after_delay(give_up) if give_up > 0 else stop_never,
             sleep=self._sleep,
-            before_sleep=_log_retry,
+            before_sleep=self._before_retry,
             reraise=True,
         )
-        for attempt in retrying:
-            with attempt:
-                if self._stop.is_set():
-                    return
-                self._run_once()
+        watch = _SlotWatch(self._cfg, self._health, self._metrics, self._stop)
+        watch.start()
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if self._stop.is_set():
+                        return
+                    self._health.set_phase(Phase.STARTING)
+                    self._run_once()
+        except ReplicatorError as exc:
+            if self._metrics is not None:
+                self._metrics.errors.labels(kind=type(exc).__name__).inc()
+            self._health.set_phase(Phase.FAILED, error=exc.message)
+            for t in self._tables:
+                self._set_table(t, TableState.FAILED, exc.message)
+            raise
+        finally:
+            watch.stop()
+            if self._health.phase is not Phase.FAILED:
+                self._health.set_phase(Phase.STOPPING)
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        _log_retry(state)
+        exc = state.outcome.exception() if state.outcome is not None else None
+        kind = type(exc).__name__ if exc is not None else "unknown"
+        if self._metrics is not None:
+            self._metrics.errors.labels(kind=kind).inc()
+            self._metrics.retries.labels(kind=kind).inc()
+        self._health.set_phase(Phase.RETRYING, error=str(exc).splitlines()[0] if exc else None)
+
+    def _set_table(self, table: TableId, state: TableState, reason: str | None = None) -> None:
+        """A table's state: in the health (endpoint, metrics) and, on a change, in the state store."""
+        before = self._health.table_states().get(table)
+        self._health.set_table(table, state, reason)
+        if before is None or before[0] is not state or before[1] != reason:
+            try:
+                self._state.table_status(self._slot, table, state.value, error=reason)
+            except Exception as exc:
+                logger.warning("could not record the state of %s: %s", table, exc)
 
     def snapshot(
         self,
@@ -191,7 +231,7 @@ class Replicator:
             parallel=n,
             chunk_rows=snap.chunk_rows,
             stop=self._stop,
-            progress=progress,
+            progress=_ObservedLoad(self._health, self._metrics, progress),
             connect_timeout=self._cfg.source.connect_timeout_seconds,
         )
 
@@ -228,7 +268,14 @@ class Replicator:
     # ---- one attempt ------------------------------------------------------------------------
 
     def _sleep(self, seconds: float) -> None:
-        self._stop.wait(seconds)
+        """A back-off wait: waiting on purpose, so the health keeps beating."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._health.beat()
+            self._stop.wait(min(1.0, left))
 
     def _system_id(self) -> str:
         repl = ReplicationConnection(
@@ -244,6 +291,7 @@ class Replicator:
         with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
             schemas = checks.preflight(conn, self._tables)
             checks.ensure_publication(conn, src.publication, self._tables)
+            self._health.set_connected(True)
             system_id = self._system_id()
             info = checks.slot_info(conn, self._slot)
             if info is not None and info.plugin != "pgoutput":
@@ -266,6 +314,9 @@ class Replicator:
             )
             if plan.kind is not StartKind.STREAM:
                 logger.info("initial load needed reason=%s slot=%s", plan.kind.value, self._slot)
+                self._health.set_phase(Phase.LOADING)
+                for t in self._tables:
+                    self._set_table(t, TableState.SNAPSHOTTING)
                 start, _ = self._full_load(conn, schemas, system_id)
                 plan = StartPlan(StartKind.STREAM, start)
         self._stream(schemas, plan.start)
@@ -372,9 +423,17 @@ class Replicator:
         try:
             source.open()
             logger.info("streaming slot=%s from=%s dsn=%s", self._slot, start, redact_dsn(src.dsn))
+            self._health.set_connected(True)
+            self._health.set_phase(Phase.STREAMING)
+            for t in self._tables:
+                if t in positions:
+                    self._health.set_committed(t, positions[t].lsn)
+                self._set_table(t, TableState.STREAMING)
             resync.restore()
             txn_commit = Lsn.ZERO
+            health = self._health
             for ev in source.events(idle_timeout=0.2):
+                health.beat()
                 if self._stop.is_set():
                     last = batcher.flush()
                     if last is not None:
@@ -395,6 +454,8 @@ class Replicator:
                         self._state.record_applied(self._slot, ev.wal_end)
                         source.confirm(ev.wal_end)
                         confirmed = ev.wal_end
+                        if self._metrics is not None:
+                            self._metrics.confirmed_lsn.set(confirmed.value)
                 elif isinstance(ev, RelationChanged):
                     self._check_relation(ev, schemas)
                     batcher.add(ev)
@@ -406,6 +467,7 @@ class Replicator:
                 elif isinstance(ev, Begin | Commit | RowChange | Truncate):
                     if isinstance(ev, Begin):
                         txn_commit = ev.commit_lsn
+                        health.txn_received(ev.commit_time)
                     elif isinstance(ev, RowChange | Truncate):
                         resync.on_change(ev)
                     batch = batcher.add(ev)
@@ -414,6 +476,7 @@ class Replicator:
                 if resync.active:
                     resync.step()
         finally:
+            self._health.set_connected(False)
             source.close()
             resync.close()
         logger.info("stream stopped slot=%s confirmed=%s", self._slot, confirmed)
@@ -434,9 +497,21 @@ class Replicator:
 
     def _apply(self, batch: ChangeBatch, source: LogicalSource, confirmed: Lsn, resync: Resyncer) -> Lsn:
         started = time.monotonic()
+        m = self._metrics
         for patch in batch.tables.values():
-            self._sink.apply(patch, batch.position, batch_id=batch.batch_id)
+            t0 = time.monotonic()
+            result = self._sink.apply(patch, batch.position, batch_id=batch.batch_id)
             failpoints.hit("after_table_commit")
+            self._health.beat()
+            self._health.set_committed(patch.schema.table, batch.position.lsn)
+            if m is not None and result is not None:
+                name = str(patch.schema.table)
+                m.merge_duration.labels(table=name).observe(time.monotonic() - t0)
+                m.changes_applied.labels(table=name, op="insert").inc(result.inserted)
+                m.changes_applied.labels(table=name, op="update").inc(result.updated)
+                m.changes_applied.labels(table=name, op="delete").inc(result.deleted)
+                if result.truncated:
+                    m.truncates.labels(table=name).inc()
         failpoints.hit("before_confirm")
         resync.committed(batch.end)
         if batch.end > confirmed:
@@ -444,6 +519,12 @@ class Replicator:
             source.confirm(batch.end)
             confirmed = batch.end
         seconds = time.monotonic() - started
+        self._health.applied(complete=batch.partial is None)
+        if m is not None:
+            m.batches.inc()
+            m.batch_duration.observe(seconds)
+            m.transactions.inc(batch.transactions)
+            m.confirmed_lsn.set(confirmed.value)
         changes = {t: p.changes for t, p in batch.tables.items()}
         logger.debug(
             "batch applied id=%d end=%s txns=%d tables=%d changes=%d seconds=%.3f",
@@ -463,3 +544,161 @@ def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome is not None else None
     wait = state.next_action.sleep if state.next_action is not None else 0.0
     logger.warning("retrying in %.1fs after: %s", wait, str(exc).splitlines()[0] if exc else "?")
+
+
+class _ObservedLoad:
+    """Forwards the loader's progress to the caller's sink, the health (beats) and the metrics."""
+
+    def __init__(self, health: HealthState, metrics: Metrics | None, inner: ProgressSink | None) -> None:
+        self._health = health
+        self._metrics = metrics
+        self._inner = inner
+        self._done: dict[str, int] = {}
+
+    def add_table(self, table: str, *, estimated_rows: int | None, chunks: int) -> None:
+        self._health.beat()
+        self._done[table] = 0
+        if self._metrics is not None:
+            self._metrics.snapshot_chunks_total.labels(table=table).set(chunks)
+            self._metrics.snapshot_chunks_done.labels(table=table).set(0)
+        if self._inner is not None:
+            self._inner.add_table(table, estimated_rows=estimated_rows, chunks=chunks)
+
+    def resumed(self, table: str, *, chunks_done: int, rows: int) -> None:
+        self._health.beat()
+        self._done[table] = chunks_done
+        if self._metrics is not None:
+            self._metrics.snapshot_chunks_done.labels(table=table).set(chunks_done)
+        if self._inner is not None:
+            self._inner.resumed(table, chunks_done=chunks_done, rows=rows)
+
+    def chunk_done(self, table: str, *, rows: int, files: int, bytes: int) -> None:
+        self._health.beat()
+        self._done[table] = self._done.get(table, 0) + 1
+        if self._metrics is not None:
+            self._metrics.snapshot_rows.labels(table=table).inc(rows)
+            self._metrics.snapshot_chunks_done.labels(table=table).set(self._done[table])
+        if self._inner is not None:
+            self._inner.chunk_done(table, rows=rows, files=files, bytes=bytes)
+
+    def table_done(self, table: str) -> None:
+        self._health.beat()
+        if self._inner is not None:
+            self._inner.table_done(table)
+
+    def table_failed(self, table: str, error: str) -> None:
+        if self._inner is not None:
+            self._inner.table_failed(table, error)
+
+
+class _SlotWatch:
+    """A side thread on its own connection: slot lag / retained WAL / wal_status, and heartbeats.
+
+    It only observes (metrics, a warning past ``source.max_retained_wal_bytes``) and writes the
+    heartbeat message; it never drops or moves the slot. Its errors are logged and counted, never
+    raised: the main loop finds a lost source by itself.
+    """
+
+    def __init__(
+        self, config: Config, health: HealthState, metrics: Metrics | None, stop: threading.Event
+    ) -> None:
+        self._src = config.source
+        self._health = health
+        self._metrics = metrics
+        self._stop = stop
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._over_limit_logged = 0.0
+        if metrics is not None:
+            metrics.slot_max_retained_wal.set(config.source.max_retained_wal_bytes)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="cdc-slot-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._close()
+
+    def _loop(self) -> None:
+        check_every = self._src.slot_check_interval_seconds
+        beat_every = self._src.heartbeat_interval_seconds
+        next_check = time.monotonic()
+        next_beat = time.monotonic() + beat_every if beat_every > 0 else float("inf")
+        while not (self._done.is_set() or self._stop.is_set()):
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + check_every
+                self._guard("slot_check", self._check)
+            if now >= next_beat:
+                next_beat = now + beat_every
+                if self._health.phase is Phase.STREAMING:
+                    self._guard("heartbeat", self._heartbeat)
+            self._done.wait(max(0.05, min(next_check, next_beat) - time.monotonic()))
+
+    def _guard(self, what: str, fn: Callable[[psycopg.Connection[tuple[object, ...]]], None]) -> None:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = checks.connect(self._src.dsn, connect_timeout=self._src.connect_timeout_seconds)
+            fn(self._conn)
+        except (ReplicatorError, psycopg.Error) as exc:
+            logger.debug("%s failed: %s", what, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            if self._metrics is not None:
+                self._metrics.errors.labels(kind=f"{what}_failed").inc()
+                if what == "slot_check":
+                    self._metrics.slot_wal_status.state("unknown")
+            self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    def _check(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        stats = checks.slot_stats(conn, self._src.slot)
+        m = self._metrics
+        if m is not None:
+            m.slot_checks.inc()
+            m.slot_wal_status.state(stats.wal_status if stats.wal_status in WAL_STATUSES else "unknown")
+            if stats.lag_bytes is not None:
+                m.lag_bytes.set(stats.lag_bytes)
+            if stats.retained_wal_bytes is not None:
+                m.slot_retained_wal.set(stats.retained_wal_bytes)
+        limit = self._src.max_retained_wal_bytes
+        retained = stats.retained_wal_bytes
+        if limit > 0 and retained is not None and retained > limit:
+            now = time.monotonic()
+            if now - self._over_limit_logged > 600 or self._over_limit_logged == 0.0:
+                self._over_limit_logged = now
+                logger.warning(
+                    "slot retains too much WAL slot=%s retained_bytes=%d max_retained_wal_bytes=%d "
+                    "wal_status=%s: the daemon is behind or stopped; the slot is kept (it is never dropped "
+                    "automatically): check the daemon, or raise source.max_retained_wal_bytes",
+                    self._src.slot,
+                    retained,
+                    limit,
+                    stats.wal_status,
+                )
+        elif self._over_limit_logged:
+            self._over_limit_logged = 0.0
+            logger.info(
+                "slot retained WAL back under the limit slot=%s retained_bytes=%s", self._src.slot, retained
+            )
+        if stats.wal_status == "lost":
+            logger.error(
+                "replication slot %s was invalidated by the server (wal_status lost): changes were lost; "
+                "a re-sync is needed: cdc-replicator --config FILE snapshot",
+                self._src.slot,
+            )
+
+    def _heartbeat(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        lsn = checks.emit_heartbeat(conn)
+        logger.debug("heartbeat written lsn=%s", lsn)
+        if self._metrics is not None:
+            self._metrics.heartbeats.inc()

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cdc_replicator.errors import ConfigError, ReplicatorError
 from cdc_replicator.model import KeyRange, Lsn, TableId
 
-__all__ = ["LoadRecord", "ResyncRecord", "SlotRecord", "StateStore", "migrations_dir"]
+__all__ = ["LoadRecord", "ResyncRecord", "SlotRecord", "StateStore", "TableStatusRecord", "migrations_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,16 @@ class SlotRecord:
     load_state: str
     consistent_point: Lsn | None
     applied_lsn: Lsn | None
+
+
+@dataclass(frozen=True, slots=True)
+class TableStatusRecord:
+    table: str
+    state: str  # the daemon's last state of the table: snapshotting / streaming / paused / failed
+    position: str | None
+    rows_loaded: int | None
+    last_error: str | None
+    updated_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +373,23 @@ class StateStore:
                     "t": _now(),
                 },
             )
+
+    def table_statuses(self, slot: str) -> dict[str, TableStatusRecord]:
+        """The last recorded state of each table of ``slot``, by table name."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "select table_name, state, position, rows_loaded, last_error, updated_at "
+                    "from cdc_table_status where slot = :s"
+                ),
+                {"s": slot},
+            ).fetchall()
+        return {
+            r[0]: TableStatusRecord(
+                table=r[0], state=r[1], position=r[2], rows_loaded=r[3], last_error=r[4], updated_at=r[5]
+            )
+            for r in rows
+        }
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:

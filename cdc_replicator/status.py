@@ -1,58 +1,180 @@
-"""Read-only status report: each table's Delta position and row count, the slot's state on the source."""
+"""Read-only status report: where each table stands and why, and the slot on the source.
+
+Works whether or not a daemon runs: it reads the Delta commits (positions, rows, last commit), the
+state store (each table's last state and error, the applied LSN) and the source catalog (the
+slot, the server's WAL position). Nothing it returns holds a secret.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from cdc_replicator.config import Config
 from cdc_replicator.errors import ReplicatorError
+from cdc_replicator.model import Lsn
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.source import checks
 from cdc_replicator.state import StateStore
 
-__all__ = ["collect_status"]
+__all__ = ["collect_status", "render_status"]
 
 
 def collect_status(cfg: Config) -> dict[str, Any]:
-    """A JSON-ready report; works whether or not a daemon is running."""
-    sink = DeltaSink(cfg.target.uri, slot=cfg.source.slot, storage_options=dict(cfg.target.storage_options))
-    tables = []
-    for t in cfg.table_ids:
-        pos = sink.position(t)
-        tables.append(
-            {
-                "table": str(t),
-                "position": None if pos is None else str(pos.lsn),
-                "partial": None
-                if pos is None or pos.partial is None
-                else f"{pos.partial.commit_lsn}:{pos.partial.seq}",
-                "rows": sink.row_count(t),
-            }
-        )
-    slot: dict[str, Any] | str
-    try:
-        with checks.connect(cfg.source.dsn, connect_timeout=cfg.source.connect_timeout_seconds) as conn:
-            info = checks.slot_info(conn, cfg.source.slot)
-        slot = (
-            "missing"
-            if info is None
-            else {
-                "confirmed_flush": str(info.confirmed_flush),
-                "wal_status": info.wal_status,
-                "active_pid": info.active_pid,
-                "invalidated": info.invalidated,
-            }
-        )
-    except ReplicatorError as exc:
-        slot = f"unknown ({exc.message})"
+    """A JSON-ready report."""
+    slot_name = cfg.source.slot
+    sink = DeltaSink(cfg.target.uri, slot=slot_name, storage_options=dict(cfg.target.storage_options))
     store = StateStore(cfg.state.url)
     try:
-        rec = store.slot(cfg.source.slot)
+        rec = store.slot(slot_name)
+        recorded = store.table_statuses(slot_name)
+        loads = {str(t): store.load(slot_name, t) for t in cfg.table_ids}
     finally:
         store.close()
+
+    slot: dict[str, Any]
+    server_lsn: Lsn | None = None
+    daemon_running: bool | None = None
+    try:
+        with checks.connect(cfg.source.dsn, connect_timeout=cfg.source.connect_timeout_seconds) as conn:
+            info = checks.slot_info(conn, slot_name)
+            stats = checks.slot_stats(conn, slot_name)
+        server_lsn = stats.server_lsn
+        if info is None:
+            slot = {"name": slot_name, "state": "missing"}
+            daemon_running = False
+        else:
+            daemon_running = info.active_pid is not None
+            slot = {
+                "name": slot_name,
+                "state": "invalidated" if info.invalidated else ("active" if daemon_running else "inactive"),
+                "active_pid": info.active_pid,
+                "confirmed_flush_lsn": _lsn(info.confirmed_flush),
+                "wal_status": info.wal_status,
+                "lag_bytes": stats.lag_bytes,
+                "retained_wal_bytes": stats.retained_wal_bytes,
+            }
+        slot["server_lsn"] = str(stats.server_lsn)
+    except ReplicatorError as exc:
+        slot = {"name": slot_name, "state": "unknown", "error": exc.message}
+
+    now = datetime.now(UTC)
+    tables = []
+    for t in cfg.table_ids:
+        name = str(t)
+        row: dict[str, Any] = {"table": name, "mode": cfg.source.mode}
+        try:
+            pos = sink.position(t)
+            commit = sink.last_commit(t)
+            rows = sink.row_count(t)
+        except ReplicatorError as exc:
+            row.update(state="failed", last_error=f"cannot read the Delta table: {exc.message}")
+            tables.append(row)
+            continue
+        saved = recorded.get(name)
+        load = loads.get(name)
+        state = _state(
+            saved.state if saved else None, pos is not None, load.state if load else None, daemon_running
+        )
+        row.update(
+            state=state,
+            position=None if pos is None else str(pos.lsn),
+            partial=None
+            if pos is None or pos.partial is None
+            else f"{pos.partial.commit_lsn}:{pos.partial.seq}",
+            lag_bytes=None
+            if pos is None or server_lsn is None
+            else max(0, server_lsn.value - max(pos.lsn.value, _lsn_value(rec.applied_lsn if rec else None))),
+            rows=rows,
+            delta_version=None if commit is None else commit[0],
+            last_commit=None if commit is None or commit[1] is None else commit[1].isoformat(),
+            seconds_since_commit=None
+            if commit is None or commit[1] is None
+            else round((now - commit[1]).total_seconds(), 1),
+            last_error=saved.last_error if saved else None,
+        )
+        tables.append(row)
     return {
         "slot": slot,
+        "daemon_running": daemon_running,
         "applied_lsn": None if rec is None or rec.applied_lsn is None else str(rec.applied_lsn),
         "load_state": None if rec is None else rec.load_state,
         "tables": tables,
     }
+
+
+def _lsn(lsn: Lsn | None) -> str | None:
+    return None if lsn is None else str(lsn)
+
+
+def _lsn_value(lsn: Lsn | None) -> int:
+    return 0 if lsn is None else lsn.value
+
+
+def _state(saved: str | None, has_position: bool, load: str | None, daemon_running: bool | None) -> str:
+    """One word per table: what the daemon last said, corrected by what the lake shows now."""
+    if load == "running":
+        return "snapshotting" if daemon_running else "snapshot interrupted"
+    if saved in ("paused", "failed"):
+        return saved
+    if not has_position:
+        return "not loaded"
+    if daemon_running is False:
+        return "stopped"
+    return saved if saved in ("streaming", "snapshotting") and daemon_running else "streaming"
+
+
+def render_status(report: dict[str, Any]) -> str:
+    """The human table of ``cdc-replicator status``."""
+    slot = report["slot"]
+    lines = []
+    head = f"slot {slot['name']}: {slot['state']}"
+    if slot.get("error"):
+        head += f" ({slot['error']})"
+    if slot.get("wal_status"):
+        head += f", wal_status {slot['wal_status']}"
+    if slot.get("retained_wal_bytes") is not None:
+        head += f", retains {_bytes(slot['retained_wal_bytes'])} of WAL"
+    if slot.get("lag_bytes") is not None:
+        head += f", {_bytes(slot['lag_bytes'])} behind the server"
+    lines.append(head)
+    cols = ("table", "mode", "state", "position", "lag", "rows", "last commit", "last error")
+    body = []
+    for t in report["tables"]:
+        since = t.get("seconds_since_commit")
+        body.append(
+            (
+                t["table"],
+                t.get("mode") or "",
+                t.get("state") or "",
+                t.get("position") or "-",
+                "-" if t.get("lag_bytes") is None else _bytes(t["lag_bytes"]),
+                "-" if t.get("rows") is None else f"{t['rows']:,}",
+                "-" if since is None else f"{_ago(since)} ago",
+                (t.get("last_error") or "")[:80],
+            )
+        )
+    widths = [max(len(c), *(len(r[i]) for r in body)) if body else len(c) for i, c in enumerate(cols)]
+    lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in body)
+    return "\n".join(lines)
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"

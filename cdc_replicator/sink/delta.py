@@ -422,6 +422,16 @@ class DeltaSink:
             found = found.filter(pa.array(mask, pa.bool_()))
         return found
 
+    def last_commit(self, table: TableId) -> tuple[int, datetime | None] | None:
+        """The table's current version and when it was committed (None: no table)."""
+        dt = self._open(table)
+        if dt is None:
+            return None
+        history = dt.history(1)
+        ts = history[0].get("timestamp") if history else None
+        when = datetime.fromtimestamp(int(ts) / 1000, UTC) if isinstance(ts, int | float) else None
+        return dt.version(), when
+
     def row_count(self, table: TableId) -> int | None:
         """Rows in the table's current version, from the log's file statistics (None: no table)."""
         dt = self._open(table)

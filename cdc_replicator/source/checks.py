@@ -16,7 +16,19 @@ from cdc_replicator.errors import MissingKey, SourceError, WalLevelNotLogical
 from cdc_replicator.model import Column, Lsn, TableId, TableSchema
 from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
 
-__all__ = ["SlotInfo", "connect", "drop_slot", "ensure_publication", "preflight", "read_schema", "slot_info"]
+__all__ = [
+    "HEARTBEAT_PREFIX",
+    "SlotInfo",
+    "SlotStats",
+    "connect",
+    "drop_slot",
+    "emit_heartbeat",
+    "ensure_publication",
+    "preflight",
+    "read_schema",
+    "slot_info",
+    "slot_stats",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -223,3 +235,57 @@ def drop_slot(conn: psycopg.Connection[tuple[object, ...]], slot: str) -> None:
         conn.execute("select pg_terminate_backend(%s)", (info.active_pid,))
     conn.execute("select pg_drop_replication_slot(%s)", (slot,))
     logger.info("replication slot dropped slot=%s", slot)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotStats:
+    """The slot seen from the server: how far behind it is and how much WAL it keeps."""
+
+    server_lsn: Lsn  # pg_current_wal_lsn(), or the replay position on a standby
+    wal_status: str  # pg_replication_slots.wal_status, or "missing"
+    confirmed_flush: Lsn | None
+    restart_lsn: Lsn | None
+
+    @property
+    def lag_bytes(self) -> int | None:
+        if self.confirmed_flush is None:
+            return None
+        return max(0, self.server_lsn.value - self.confirmed_flush.value)
+
+    @property
+    def retained_wal_bytes(self) -> int | None:
+        if self.restart_lsn is None:
+            return None
+        return max(0, self.server_lsn.value - self.restart_lsn.value)
+
+
+def slot_stats(conn: psycopg.Connection[tuple[object, ...]], slot: str) -> SlotStats:
+    """One cheap catalog query; works on a primary and on a standby."""
+    row = conn.execute(
+        "select case when pg_is_in_recovery() then pg_last_wal_replay_lsn() "
+        "else pg_current_wal_lsn() end::text, "
+        "s.wal_status, s.confirmed_flush_lsn::text, s.restart_lsn::text "
+        "from (select 1) one left join pg_replication_slots s on s.slot_name = %s",
+        (slot,),
+    ).fetchone()
+    assert row is not None
+    return SlotStats(
+        server_lsn=Lsn.parse(str(row[0])) if row[0] is not None else Lsn.ZERO,
+        wal_status="missing"
+        if row[1] is None and row[2] is None and row[3] is None
+        else str(row[1] or "unknown"),
+        confirmed_flush=None if row[2] is None else Lsn.parse(str(row[2])),
+        restart_lsn=None if row[3] is None else Lsn.parse(str(row[3])),
+    )
+
+
+HEARTBEAT_PREFIX = "cdc-replicator-heartbeat"
+
+
+def emit_heartbeat(conn: psycopg.Connection[tuple[object, ...]]) -> Lsn:
+    """Write a non-transactional logical message: WAL in this database that the slot can move past."""
+    row = conn.execute(
+        "select pg_logical_emit_message(false, %s, ''::text)::text", (HEARTBEAT_PREFIX,)
+    ).fetchone()
+    assert row is not None
+    return Lsn.parse(str(row[0]))

@@ -419,10 +419,10 @@ def test_status_json_reports_the_slot_and_each_table_position_with_or_without_a_
     lsn = re.compile(r"^[0-9A-F]+/[0-9A-F]+$")
 
     before = _status(daemon.config)
-    assert before["slot"] == "missing"
-    assert [(t["table"], t["position"], t["rows"]) for t in before["tables"]] == [
-        ("public.a", None, None),
-        ("public.b", None, None),
+    assert before["slot"]["state"] == "missing" and before["daemon_running"] is False
+    assert [(t["table"], t["state"], t["position"], t["rows"]) for t in before["tables"]] == [
+        ("public.a", "not loaded", None, None),
+        ("public.b", "not loaded", None, None),
     ]
 
     daemon.start()
@@ -432,15 +432,21 @@ def test_status_json_reports_the_slot_and_each_table_position_with_or_without_a_
     assert isinstance(running["slot"], dict), running
     streaming_pid = _slot(pg).active_pid
     assert streaming_pid is not None and running["slot"]["active_pid"] == streaming_pid
-    assert running["slot"]["invalidated"] is False and lsn.match(running["slot"]["confirmed_flush"])
+    assert running["slot"]["state"] == "active" and running["daemon_running"] is True
+    assert running["slot"]["wal_status"] == "reserved" and lsn.match(running["slot"]["confirmed_flush_lsn"])
+    assert running["slot"]["retained_wal_bytes"] >= 0 and running["slot"]["lag_bytes"] >= 0
     assert [t["table"] for t in running["tables"]] == tables
+    assert [t["state"] for t in running["tables"]] == ["streaming", "streaming"], running
+    assert all(t["mode"] == "logical" and t["last_error"] is None for t in running["tables"])
+    assert all(t["delta_version"] >= 1 and t["seconds_since_commit"] >= 0 for t in running["tables"])
     assert all(lsn.match(t["position"] or "") for t in running["tables"]), running
     assert [t["rows"] for t in running["tables"]] == [20, 7]
 
     assert daemon.stop() == 0, daemon.output()
     _wait_slot_released(pg)
     stopped = _status(daemon.config)
-    assert stopped["slot"]["active_pid"] is None
-    assert stopped["slot"]["confirmed_flush"] == _slot(pg).confirmed_flush
+    assert stopped["slot"]["active_pid"] is None and stopped["slot"]["state"] == "inactive"
+    assert stopped["slot"]["confirmed_flush_lsn"] == _slot(pg).confirmed_flush
+    assert [t["state"] for t in stopped["tables"]] == ["stopped", "stopped"]
     assert stopped["load_state"] == "done"
     assert [t["position"] for t in stopped["tables"]] == [t["position"] for t in running["tables"]]

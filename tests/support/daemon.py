@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,8 +29,13 @@ def write_config(
     source_extra: Mapping[str, object] | None = None,
     batch: Mapping[str, object] | None = None,
     table_extra: Mapping[str, Mapping[str, object]] | None = None,
+    server: Mapping[str, object] | None = None,
 ) -> Path:
-    """A TOML config for ``db`` → ``lake``; small batches and short timeouts suit tests."""
+    """A TOML config for ``db`` → ``lake``; small batches and short timeouts suit tests.
+
+    ``server``: serve the HTTP endpoint (on a free port unless ``listen`` is given) with these keys;
+    by default it is off, so that many daemons can run side by side.
+    """
 
     def val(v: object) -> str:
         if isinstance(v, bool):
@@ -43,13 +49,21 @@ def write_config(
     lines = ["[source]", *(f"{k} = {val(v)}" for k, v in src.items())]
     lines += ["[target]", f"uri = {val(lake)}", "[batch]", *(f"{k} = {val(v)}" for k, v in bat.items())]
     lines += ["[state]", f"url = {val('sqlite:///' + str(path.parent / 'state' / 'cdc.db'))}"]
-    lines += ["[server]", "enabled = false", "[log]", 'format = "json"', 'level = "debug"']
+    if server is None:
+        lines += ["[server]", "enabled = false"]
+    else:
+        srv = {"listen": "127.0.0.1:0", **server}
+        lines += ["[server]", *(f"{k} = {val(v)}" for k, v in srv.items())]
+    lines += ["[log]", 'format = "json"', 'level = "debug"']
     for t in tables:
         lines += ["[[tables]]", f"name = {val(t)}"]
         for k, v in (table_extra or {}).get(t, {}).items():
             lines.append(f"{k} = {val(v)}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+_LISTENING = re.compile(r"http endpoint listening address=(\S+:\d+)")
 
 
 def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -125,6 +139,20 @@ class Daemon:
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout=timeout)
+
+    def http_address(self, timeout: float = 60.0) -> str:
+        """``http://host:port`` of this start's endpoint, read from its "listening" log line."""
+        found: list[str] = []
+
+        def listening() -> bool:
+            m = _LISTENING.search(self.logs[-1].read_text(errors="replace"))
+            if m:
+                found.append(m.group(1))
+            return bool(m) or not self.alive()
+
+        wait_until(listening, timeout=timeout, message="daemon never said where it listens")
+        assert found, f"daemon exited before listening:\n{self.output()}"
+        return "http://" + found[0]
 
     def output(self, last: int = 40) -> str:
         if not self.logs:

@@ -1,0 +1,195 @@
+"""What the daemon is doing, as one thread-safe value: written by the pipeline, read by the endpoint.
+
+Liveness (``/healthz``): the main loop beats on every turn (an event, an idle poll, a chunk of a
+load, a second of a retry back-off). It is *wedged* when no beat came for ``liveness_timeout``
+seconds; waiting on purpose (a back-off, an idle stream) beats, so it is never wedged.
+
+Readiness (``/readyz``): ready only while streaming, connected to the source, with no table paused
+or failed. Each reason it is not ready is listed, per table where it belongs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from cdc_replicator.model import Lsn, TableId
+
+__all__ = ["HealthState", "Phase", "TableState"]
+
+
+class Phase(StrEnum):
+    """Where the main loop is."""
+
+    STARTING = "starting"  # checks, slot and publication set-up
+    LOADING = "loading"  # an initial load
+    STREAMING = "streaming"
+    RETRYING = "retrying"  # waiting to reconnect after a retryable error
+    STOPPING = "stopping"
+    FAILED = "failed"  # a fatal error: the process is about to exit
+
+
+class TableState(StrEnum):
+    PENDING = "pending"  # not loaded yet
+    SNAPSHOTTING = "snapshotting"
+    STREAMING = "streaming"
+    PAUSED = "paused"  # its changes are held back (a contract decision); nothing lost
+    FAILED = "failed"
+
+
+_NOT_READY_TABLE = frozenset({TableState.PAUSED, TableState.FAILED})
+
+
+@dataclass(slots=True)
+class _Table:
+    state: TableState = TableState.PENDING
+    reason: str | None = None
+    committed_lsn: Lsn | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ready: bool
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+class HealthState:
+    """Thread-safe; every method is cheap (a lock and a few assignments)."""
+
+    def __init__(
+        self,
+        tables: Mapping[TableId, object] | tuple[TableId, ...] = (),
+        *,
+        liveness_timeout: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._timeout = liveness_timeout
+        self._beat = clock()
+        self._phase = Phase.STARTING
+        self._connected = False
+        self._error: str | None = None
+        self._tables: dict[TableId, _Table] = {t: _Table() for t in tables}
+        self._pending_since: datetime | None = None  # commit time of the oldest unapplied txn received
+        self._listeners: list[Callable[[Phase, str | None], None]] = []
+
+    def add_listener(self, fn: Callable[[Phase, str | None], None]) -> None:
+        """``fn(phase, error)`` is called (in the pipeline's thread) on every phase change."""
+        self._listeners.append(fn)
+
+    # ---- written by the pipeline ----------------------------------------------------------------
+
+    def beat(self) -> None:
+        self._beat = self._clock()  # one float store: atomic under the GIL, no lock on the hot path
+
+    def set_phase(self, phase: Phase, *, error: str | None = None) -> None:
+        with self._lock:
+            changed = (phase, error) != (self._phase, self._error)
+            self._phase = phase
+            self._error = error
+            if phase in (Phase.RETRYING, Phase.FAILED, Phase.STOPPING):
+                self._connected = False
+            self._beat = self._clock()
+        if changed:
+            for fn in self._listeners:
+                fn(phase, error)
+
+    def set_connected(self, connected: bool) -> None:
+        with self._lock:
+            self._connected = connected
+
+    def set_table(self, table: TableId, state: TableState, reason: str | None = None) -> None:
+        with self._lock:
+            t = self._tables.setdefault(table, _Table())
+            t.state, t.reason = state, reason
+
+    def set_committed(self, table: TableId, lsn: Lsn) -> None:
+        with self._lock:
+            self._tables.setdefault(table, _Table()).committed_lsn = lsn
+
+    def txn_received(self, commit_time: datetime) -> None:
+        """A transaction arrived from the source (its Begin); it is pending until a batch applies it."""
+        if self._pending_since is None:
+            self._pending_since = commit_time
+
+    def applied(self, *, complete: bool) -> None:
+        """A batch was applied; ``complete``: no transaction is left half-applied."""
+        if complete:
+            self._pending_since = None
+
+    # ---- read by the endpoint, the watchdog and the metrics ------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    def alive(self) -> bool:
+        if self._phase is Phase.FAILED:
+            return False
+        return self._clock() - self._beat < self._timeout
+
+    def seconds_since_beat(self) -> float:
+        return max(0.0, self._clock() - self._beat)
+
+    def lag_seconds(self) -> float:
+        """Now − commit time of the oldest transaction received and not yet in Delta (0 when none)."""
+        since = self._pending_since
+        if since is None:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - since).total_seconds())
+
+    def table_states(self) -> dict[TableId, tuple[TableState, str | None, Lsn | None]]:
+        with self._lock:
+            return {t: (v.state, v.reason, v.committed_lsn) for t, v in self._tables.items()}
+
+    def liveness(self) -> dict[str, Any]:
+        return {
+            "alive": self.alive(),
+            "phase": self._phase.value,
+            "seconds_since_progress": round(self.seconds_since_beat(), 3),
+            "liveness_timeout_seconds": self._timeout,
+        }
+
+    def readiness(self) -> Readiness:
+        with self._lock:
+            reasons: list[str] = []
+            if self._phase is not Phase.STREAMING:
+                what = {
+                    Phase.STARTING: "starting: checking the source",
+                    Phase.LOADING: "initial load in progress",
+                    Phase.RETRYING: "source unavailable, retrying",
+                    Phase.STOPPING: "stopping",
+                    Phase.FAILED: "failed",
+                }[self._phase]
+                reasons.append(what + (f": {self._error}" if self._error else ""))
+            elif not self._connected:
+                reasons.append("not connected to the source")
+            tables: dict[str, dict[str, Any]] = {}
+            for tid, t in self._tables.items():
+                ok = t.state is TableState.STREAMING
+                entry: dict[str, Any] = {"ready": ok, "state": t.state.value}
+                if t.reason:
+                    entry["reason"] = t.reason
+                if t.committed_lsn is not None:
+                    entry["committed_lsn"] = str(t.committed_lsn)
+                tables[str(tid)] = entry
+            bad = [name for name, e in tables.items() if e["state"] in _NOT_READY_TABLE]
+            if bad:
+                reasons.append(f"tables not ready: {', '.join(sorted(bad))}")
+            ready = not reasons and all(e["ready"] for e in tables.values())
+            if not ready and not reasons:
+                reasons.append("some tables are not streaming yet")
+            body: dict[str, Any] = {
+                "ready": ready,
+                "phase": self._phase.value,
+                "connected": self._connected,
+                "reasons": reasons,
+                "tables": tables,
+            }
+            return Readiness(ready, body)
