@@ -1,4 +1,4 @@
-"""Command line: run / snapshot / status / demo. Maps ReplicatorError to its exit code; no logic here."""
+"""Command line: run / snapshot / status / migrate / teardown / demo. Maps ReplicatorError to its exit code; no logic here."""
 
 from __future__ import annotations
 
@@ -184,6 +184,67 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2, default=str))
         return
     click.echo(render_status(report))
+
+
+@cli.command()
+@click.option(
+    "--source/--no-source",
+    "on_source",
+    default=True,
+    show_default=True,
+    help="Also apply the source migrations (the cdc_replicator schema and heartbeat table).",
+)
+@click.pass_context
+@_errors_to_exit
+def migrate(ctx: click.Context, on_source: bool) -> None:
+    """Apply the pending migrations: the state store's, and (by default) the source's. Each runs once."""
+    from cdc_replicator.source import checks, objects
+    from cdc_replicator.state import StateStore, migrations_dir
+
+    cfg = _load(ctx)
+    store = StateStore(cfg.state.url)  # applies the state store's pending migrations on open
+    try:
+        click.echo("state store: up to date")
+    finally:
+        store.close()
+    if not on_source:
+        return
+    src = cfg.source
+    with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
+        applied = objects.apply_source_migrations(conn, migrations_dir("source"))
+    click.echo(f"source: applied {', '.join(applied)}" if applied else "source: up to date")
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--drop-schema", is_flag=True, help="Also drop the cdc_replicator schema (heartbeat table).")
+@click.pass_context
+@_errors_to_exit
+def teardown(ctx: click.Context, yes: bool, drop_schema: bool) -> None:
+    """Drop the replication slot and publication on the source (stop the daemon first).
+
+    The Delta tables are kept and the state store forgets the slot: afterwards `run` refuses to
+    start on those tables until a full re-sync (`cdc-replicator snapshot`) rebuilds them from a new
+    slot. Without the slot the source no longer keeps WAL for cdc-replicator.
+    """
+    from cdc_replicator.source import checks, objects
+    from cdc_replicator.state import StateStore
+
+    cfg = _load(ctx)
+    src = cfg.source
+    what = [f"replication slot {src.slot}", f"publication {src.publication}"]
+    if drop_schema:
+        what.append("schema cdc_replicator")
+    if not yes:
+        click.confirm(f"drop {', '.join(what)} on the source?", abort=True, err=True)
+    with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
+        dropped = objects.teardown(conn, slot=src.slot, publication=src.publication, drop_schema=drop_schema)
+    store = StateStore(cfg.state.url)
+    try:
+        store.forget(src.slot)
+    finally:
+        store.close()
+    click.echo(f"dropped: {', '.join(dropped)}" if dropped else "nothing to drop")
 
 
 @cli.command()

@@ -61,6 +61,7 @@ ENV_PREFIX: Final = "CDC_REPLICATOR_"
 _RESERVED_ENV: Final = frozenset({"CDC_REPLICATOR_CONFIG"})
 
 SourceMode = Literal["logical", "watermark"]
+HeartbeatKind = Literal["message", "table"]
 LogFormat = Literal["auto", "text", "json"]
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _MIB: Final = 1024 * 1024
@@ -82,7 +83,8 @@ class SourceConfig:
     connect_timeout_seconds: float = 10.0
     retry_max_seconds: float = 30.0  # cap of the exponential backoff between reconnect attempts
     retry_give_up_seconds: float = 0.0  # 0 = retry forever
-    heartbeat_interval_seconds: float = 0.0  # 0 = no heartbeat messages
+    heartbeat_interval_seconds: float = 0.0  # 0 = no heartbeats
+    heartbeat: HeartbeatKind = "message"  # pg_logical_emit_message, or an update of cdc_replicator.heartbeat
     slot_check_interval_seconds: float = 15.0  # lag, retained WAL and wal_status of the slot
     max_retained_wal_bytes: int = 4 * 1024 * _MIB  # warn above this; 0 = never warn
 
@@ -93,7 +95,7 @@ class SourceConfig:
             f"status_interval_seconds={self.status_interval_seconds!r}, "
             f"connect_timeout_seconds={self.connect_timeout_seconds!r}, "
             f"retry_max_seconds={self.retry_max_seconds!r}, retry_give_up_seconds={self.retry_give_up_seconds!r}, "
-            f"heartbeat_interval_seconds={self.heartbeat_interval_seconds!r}, "
+            f"heartbeat_interval_seconds={self.heartbeat_interval_seconds!r}, heartbeat={self.heartbeat!r}, "
             f"slot_check_interval_seconds={self.slot_check_interval_seconds!r}, "
             f"max_retained_wal_bytes={self.max_retained_wal_bytes!r})"
         )
@@ -476,6 +478,7 @@ class _Document:
                 retry_max_seconds=src.get("retry_max_seconds", _positive_float),
                 retry_give_up_seconds=src.get("retry_give_up_seconds", _nonnegative_float),
                 heartbeat_interval_seconds=src.get("heartbeat_interval_seconds", _nonnegative_float),
+                heartbeat=cast(HeartbeatKind, src.get("heartbeat", _choice(get_args(HeartbeatKind)))),
                 slot_check_interval_seconds=src.get("slot_check_interval_seconds", _positive_float),
                 max_retained_wal_bytes=src.get("max_retained_wal_bytes", _nonnegative_int),
             ),

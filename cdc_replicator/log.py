@@ -28,14 +28,32 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
+# ``key=value`` pairs in a message (``table=public.orders lsn=0/16B3748 batch=12``) also become
+# top-level JSON fields, so a log pipeline can filter on them without parsing the text
+_FIELD = re.compile(r"(?<![\w.])([a-z][a-z0-9_]*)=([^\s,;]+)")
+_RESERVED = frozenset({"ts", "level", "logger", "msg", "exc"})
+
+
+def _fields(msg: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    head = msg.split(" dsn=", 1)[0]  # a DSN's own key=value pairs are not fields of the event
+    for key, raw in _FIELD.findall(head):
+        if key in _RESERVED or key in out:
+            continue
+        out[key] = int(raw) if raw.isdigit() and len(raw) < 19 else raw
+    return out
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
         out: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": msg,
         }
+        out.update(_fields(msg))
         if record.exc_info:
             out["exc"] = _redact(self.formatException(record.exc_info))
         return json.dumps(out, ensure_ascii=False)

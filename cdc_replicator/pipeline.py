@@ -48,10 +48,10 @@ from cdc_replicator.model import (
 )
 from cdc_replicator.resync import Resyncer, request_resync
 from cdc_replicator.sink.delta import DeltaSink
-from cdc_replicator.source import checks
+from cdc_replicator.source import checks, objects
 from cdc_replicator.source.logical import LogicalSource
 from cdc_replicator.source.replication import ReplicationConnection
-from cdc_replicator.state import StateStore
+from cdc_replicator.state import StateStore, migrations_dir
 
 __all__ = ["BatchReport", "Replicator"]
 
@@ -291,6 +291,8 @@ class Replicator:
         with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
             schemas = checks.preflight(conn, self._tables)
             checks.ensure_publication(conn, src.publication, self._tables)
+            if src.heartbeat == "table" and src.heartbeat_interval_seconds > 0:
+                objects.apply_source_migrations(conn, migrations_dir("source"))
             self._health.set_connected(True)
             system_id = self._system_id()
             info = checks.slot_info(conn, self._slot)
@@ -527,7 +529,7 @@ class Replicator:
             m.confirmed_lsn.set(confirmed.value)
         changes = {t: p.changes for t, p in batch.tables.items()}
         logger.debug(
-            "batch applied id=%d end=%s txns=%d tables=%d changes=%d seconds=%.3f",
+            "batch applied batch=%d end=%s txns=%d tables=%d changes=%d seconds=%.3f",
             batch.batch_id,
             batch.end,
             batch.transactions,
@@ -698,7 +700,11 @@ class _SlotWatch:
             )
 
     def _heartbeat(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
-        lsn = checks.emit_heartbeat(conn)
-        logger.debug("heartbeat written lsn=%s", lsn)
+        if self._src.heartbeat == "table":
+            objects.heartbeat_table(conn)
+            logger.debug("heartbeat written table=cdc_replicator.heartbeat")
+        else:
+            lsn = checks.emit_heartbeat(conn)
+            logger.debug("heartbeat written lsn=%s", lsn)
         if self._metrics is not None:
             self._metrics.heartbeats.inc()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -450,3 +452,84 @@ def test_status_json_reports_the_slot_and_each_table_position_with_or_without_a_
     assert [t["state"] for t in stopped["tables"]] == ["stopped", "stopped"]
     assert stopped["load_state"] == "done"
     assert [t["position"] for t in stopped["tables"]] == [t["position"] for t in running["tables"]]
+
+
+# ---- migrate / teardown ------------------------------------------------------------------------
+
+
+def test_migrate_applies_each_source_migration_once_and_records_it(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    _small_table(pg)
+    write_config(daemon.config, pg, tmp_lake, ["public.t"])
+    first = run_cli(daemon.config, "migrate", timeout=CLI_TIMEOUT)
+    assert first.returncode == 0, first.stderr
+    assert "source: applied 0001_cdc_schema" in first.stdout
+    assert pg.query("select version from cdc_replicator.schema_migrations") == [("0001_cdc_schema",)]
+    assert pg.query("select id from cdc_replicator.heartbeat") == [(1,)]
+    again = run_cli(daemon.config, "migrate", timeout=CLI_TIMEOUT)
+    assert again.returncode == 0 and "source: up to date" in again.stdout, again.stderr
+    assert pg.query("select count(*) from cdc_replicator.schema_migrations") == [(1,)]
+
+
+def test_table_heartbeats_create_their_table_at_start_and_update_it(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    _small_table(pg)
+    write_config(
+        daemon.config,
+        pg,
+        tmp_lake,
+        ["public.t"],
+        source_extra={"heartbeat": "table", "heartbeat_interval_seconds": 0.3},
+    )
+    daemon.start()
+    daemon.wait_streaming()
+    wait_until(
+        lambda: pg.query("select to_regclass('cdc_replicator.heartbeat') is not null")[0][0],
+        timeout=30,
+        message="heartbeat table not created at start",
+    )
+    first = pg.query("select beat_at from cdc_replicator.heartbeat")[0][0]
+    wait_until(
+        lambda: pg.query("select beat_at from cdc_replicator.heartbeat")[0][0] > first,
+        timeout=30,
+        message="heartbeat table never updated",
+    )
+    assert daemon.stop() == 0, daemon.output()
+
+
+def test_teardown_asks_first_refuses_while_the_daemon_runs_then_drops_slot_and_publication(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    _small_table(pg)
+    write_config(daemon.config, pg, tmp_lake, ["public.t"])
+    daemon.start()
+    wait_converged(pg, tmp_lake, ["public.t"], daemon=daemon)
+    wait_until(lambda: _slot(pg).active_pid, timeout=30, message="daemon never held the slot")
+
+    busy = run_cli(daemon.config, "teardown", "--yes", timeout=CLI_TIMEOUT)
+    assert busy.returncode == 3 and "in use by process" in busy.stderr and "stop the running" in busy.stderr
+
+    assert daemon.stop() == 0, daemon.output()
+    _wait_slot_released(pg)
+    declined = subprocess.run(
+        [sys.executable, "-m", "cdc_replicator", "--config", str(daemon.config), "teardown"],
+        input="n\n",
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    assert declined.returncode == 1 and "Aborted" in declined.stderr
+    assert pg.query("select count(*) from pg_replication_slots where slot_name = 'cdc_test'") == [(1,)]
+
+    done = run_cli(daemon.config, "teardown", "--yes", timeout=CLI_TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert "replication slot cdc_test" in done.stdout and "publication cdc_test" in done.stdout
+    assert pg.query("select count(*) from pg_replication_slots where slot_name = 'cdc_test'") == [(0,)]
+    assert pg.query("select count(*) from pg_publication where pubname = 'cdc_test'") == [(0,)]
+    # the lake is kept, and the daemon refuses to guess: it asks for a full re-sync
+    restarted = run_cli(daemon.config, "run", timeout=CLI_TIMEOUT)
+    assert restarted.returncode == 4, restarted.stderr
+    assert "snapshot" in restarted.stderr

@@ -7,6 +7,7 @@ Every test runs ``cdc-replicator run`` as a subprocess with the endpoint on a fr
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -278,3 +279,23 @@ def test_heartbeats_advance_the_slot_of_an_idle_table_while_another_database_is_
     finally:
         assert daemon.stop() == 0
         drop_test_database(busy)
+
+
+def test_the_shipped_alert_rules_pass_promtool_and_use_only_metrics_we_export() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (.ci/run installs it)"
+    rules = Path(__file__).resolve().parents[2] / "docker" / "alerts.yml"
+    check = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    from cdc_replicator.health import HealthState
+    from cdc_replicator.metrics import Metrics
+
+    families = list(text_string_to_metric_families(Metrics(HealthState(())).render().decode()))
+    # a labelled counter has no sample before its first use: name it from its family
+    exported = {f.name + ("_total" if f.type == "counter" else "") for f in families}
+    exported |= {s.name for f in families for s in f.samples}
+    used = set(re.findall(r"\b(cdc_[a-z_]+)", rules.read_text()))
+    assert used and used <= exported, f"alerts use metrics that do not exist: {sorted(used - exported)}"
