@@ -52,6 +52,7 @@ __all__ = [
     "StateConfig",
     "TableConfig",
     "TargetConfig",
+    "WatermarkConfig",
     "load_config",
     "redact_dsn",
 ]
@@ -125,10 +126,19 @@ class TargetConfig:
 
 @dataclass(frozen=True, slots=True)
 class TableConfig:
-    """One replicated table; its primary key is read from the catalog."""
+    """One replicated table; its primary key is read from the catalog.
+
+    Watermark mode only: ``cursor`` (one or more columns, compared as a tuple with the key as the
+    tie-breaker), ``delete_column`` (a non-NULL value marks the row deleted), and per-table
+    overrides of ``[watermark] poll_interval_seconds`` / ``page_size`` (0 = the section's value).
+    """
 
     name: TableId
     soft_delete: bool = False
+    cursor: tuple[str, ...] = ()
+    delete_column: str = ""
+    poll_interval_seconds: float = 0.0
+    page_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +156,19 @@ class SnapshotConfig:
 
     parallel: int = 0  # connections copying at once; 0 = one per CPU core, at most 4
     chunk_rows: int = 500_000  # rows per chunk (one Delta commit, about one file)
+
+
+@dataclass(frozen=True, slots=True)
+class WatermarkConfig:
+    """Polling a (read replica) database with high-watermark queries: ``source.mode = "watermark"``."""
+
+    poll_interval_seconds: float = 5.0
+    page_size: int = 10_000  # rows per page query (and at most per Delta commit of a table)
+    # each poll re-reads this far behind the settled watermark (temporal cursors: seconds; numeric
+    # cursors: the same number in the cursor's units): rows of transactions that took their cursor
+    # value before a poll but wrote it after
+    lookback_seconds: float = 0.0
+    statement_timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +217,7 @@ class Config:
     state: StateConfig = StateConfig()
     server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
+    watermark: WatermarkConfig = WatermarkConfig()
 
     @property
     def table_ids(self) -> tuple[TableId, ...]:
@@ -294,6 +318,7 @@ _SECTIONS: Final[dict[str, type]] = {
     "state": StateConfig,
     "server": ServerConfig,
     "log": LogConfig,
+    "watermark": WatermarkConfig,
 }
 _NESTED: Final = {("target", "storage_options")}  # keys that are TOML tables, not scalars
 
@@ -466,10 +491,12 @@ class _Document:
         server = _Section(self, "server", ServerConfig)
         log = _Section(self, "log", LogConfig)
         state = _Section(self, "state", StateConfig)
-        return Config(
+        wm = _Section(self, "watermark", WatermarkConfig)
+        mode = cast(SourceMode, src.get("mode", _choice(get_args(SourceMode))))
+        cfg = Config(
             source=SourceConfig(
                 dsn=src.get("dsn", _nonempty_str),
-                mode=cast(SourceMode, src.get("mode", _choice(get_args(SourceMode)))),
+                mode=mode,
                 slot=src.get("slot", _slot_name),
                 publication=src.get("publication", _pg_name),
                 streaming=src.get("streaming", _bool),
@@ -489,7 +516,7 @@ class _Document:
                 ),
                 target_file_size=tgt.get("target_file_size", _positive_int),
             ),
-            tables=self._build_tables(),
+            tables=self._build_tables(mode),
             batch=BatchConfig(
                 max_rows=batch.get("max_rows", _positive_int),
                 max_bytes=batch.get("max_bytes", _positive_int),
@@ -510,9 +537,16 @@ class _Document:
                 level=log.get("level", _log_level),
                 format=cast(LogFormat, log.get("format", _choice(get_args(LogFormat)))),
             ),
+            watermark=WatermarkConfig(
+                poll_interval_seconds=wm.get("poll_interval_seconds", _positive_float),
+                page_size=wm.get("page_size", _positive_int),
+                lookback_seconds=wm.get("lookback_seconds", _nonnegative_float),
+                statement_timeout_seconds=wm.get("statement_timeout_seconds", _positive_float),
+            ),
         )
+        return cfg
 
-    def _build_tables(self) -> tuple[TableConfig, ...]:
+    def _build_tables(self, mode: SourceMode) -> tuple[TableConfig, ...]:
         if not self.tables:
             source = f"{self.tables_env} is empty" if self.tables_env else "none is configured"
             raise ConfigError(
@@ -530,7 +564,24 @@ class _Document:
                     "list each table once"
                 )
             first[name] = i
-            out.append(TableConfig(name=name, soft_delete=entry.get("soft_delete", _bool)))
+            cursor = entry.get("cursor", _column_list)
+            if mode == "watermark" and not cursor:
+                raise ConfigError(
+                    f"config: tables[{i}].cursor is required in watermark mode: the column(s) whose "
+                    f'value grows with every change of {name}, e.g. cursor = "updated_at"'
+                )
+            out.append(
+                TableConfig(
+                    name=name,
+                    soft_delete=entry.get("soft_delete", _bool),
+                    cursor=cursor,
+                    delete_column=entry.get("delete_column", _pg_name)
+                    if "delete_column" in entry.values
+                    else "",
+                    poll_interval_seconds=entry.get("poll_interval_seconds", _nonnegative_float),
+                    page_size=entry.get("page_size", _nonnegative_int),
+                )
+            )
         return tuple(out)
 
 
@@ -700,6 +751,19 @@ def _sqlalchemy_url(value: object, from_env: bool) -> str:
     if not isinstance(value, str) or not _URL_RE.fullmatch(value):
         raise _Invalid("a SQLAlchemy URL such as sqlite:///./state/cdc.db")
     return value
+
+
+def _column_list(value: object, from_env: bool) -> tuple[str, ...]:
+    """A column name, a list of names, or (from the environment) names separated by commas."""
+    if from_env and isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
+        raise _Invalid('a column name or a list of column names, e.g. "updated_at" or ["updated_at", "id"]')
+    names = tuple(str(v).strip() for v in items)
+    if len(set(names)) != len(names):
+        raise _Invalid("distinct column names")
+    return names
 
 
 def _table_name(value: object, from_env: bool) -> TableId:

@@ -123,6 +123,19 @@ class Metrics:
         self.slot_wal_status.state("unknown")
         self.slot_checks = Counter("cdc_slot_checks", "Slot and WAL position checks run.", registry=r)
 
+        # ---- watermark mode --------------------------------------------------------------------
+        self.replica_lag = Gauge(
+            "cdc_replica_lag_seconds",
+            "Watermark mode on a replica: now() - pg_last_xact_replay_timestamp() at the last poll.",
+            registry=r,
+        )
+        self.watermark_late_rows = Counter(
+            "cdc_watermark_late_rows",
+            "Rows found behind the watermark (their transaction committed after a poll had passed them).",
+            ["table"],
+            registry=r,
+        )
+
         # ---- snapshot ------------------------------------------------------------------------
         self.snapshot_rows = Counter(
             "cdc_snapshot_rows",

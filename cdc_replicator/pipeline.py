@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -37,25 +39,49 @@ from cdc_replicator.model import (
     ChangeBatch,
     Commit,
     Keepalive,
+    KeyRange,
     Lsn,
     RelationChanged,
     RowChange,
     SourceMessage,
     TableId,
+    TablePatch,
     TablePosition,
     TableSchema,
     Truncate,
 )
 from cdc_replicator.resync import Resyncer, request_resync
-from cdc_replicator.sink.delta import DeltaSink
+from cdc_replicator.sink.delta import ApplyResult, DeltaSink
 from cdc_replicator.source import checks, objects
 from cdc_replicator.source.logical import LogicalSource
 from cdc_replicator.source.replication import ReplicationConnection
+from cdc_replicator.source.watermark import (
+    Page,
+    Pending,
+    PollResult,
+    WatermarkSource,
+    WatermarkState,
+    WatermarkTable,
+    now_utc,
+    page_patch,
+    settle,
+    wall,
+)
 from cdc_replicator.state import StateStore, migrations_dir
 
 __all__ = ["BatchReport", "Replicator"]
 
 logger = logging.getLogger(__name__)
+
+_WATERMARK_KEY = "cdc.watermark"  # commit metadata: the table's WatermarkState, in the data's commit
+
+
+def _empty_patch_rows(schema: TableSchema) -> pa.Table:
+    cols: dict[str, pa.Array] = {c.name: pa.array([], pa.binary()) for c in schema.columns}
+    cols["_cdc_lsn"] = pa.array([], pa.int64())
+    cols["_cdc_op"] = pa.array([], pa.string())
+    cols["_cdc_committed_at"] = pa.array([], pa.timestamp("us", tz="UTC"))
+    return pa.table(cols)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +139,9 @@ class Replicator:
             before_sleep=self._before_retry,
             reraise=True,
         )
-        watch = _SlotWatch(self._cfg, self._health, self._metrics, self._stop)
+        watch = _SlotWatch(
+            self._cfg, self._health, self._metrics, self._stop, enabled=self._cfg.source.mode == "logical"
+        )
         watch.start()
         try:
             for attempt in retrying:
@@ -121,7 +149,10 @@ class Replicator:
                     if self._stop.is_set():
                         return
                     self._health.set_phase(Phase.STARTING)
-                    self._run_once()
+                    if self._cfg.source.mode == "watermark":
+                        self._run_watermark_once()
+                    else:
+                        self._run_once()
         except ReplicatorError as exc:
             if self._metrics is not None:
                 self._metrics.errors.labels(kind=type(exc).__name__).inc()
@@ -483,6 +514,184 @@ class Replicator:
             resync.close()
         logger.info("stream stopped slot=%s confirmed=%s", self._slot, confirmed)
 
+    # ---- watermark mode ------------------------------------------------------------------------
+
+    def _run_watermark_once(self) -> None:
+        """Poll every table in turn, each at its interval, until stopped (one attempt of ``run``)."""
+        cfg = self._cfg
+        wm = cfg.watermark
+        source = WatermarkSource(
+            cfg.source.dsn,
+            connect_timeout=cfg.source.connect_timeout_seconds,
+            statement_timeout=wm.statement_timeout_seconds,
+        )
+        try:
+            tables: dict[TableId, WatermarkTable] = {}
+            for tc in cfg.tables:
+                schema = source.describe(tc.name, tc.cursor, tc.delete_column)
+                tables[tc.name] = WatermarkTable(
+                    schema, tc.cursor, tc.delete_column, tc.page_size or wm.page_size, tc.soft_delete
+                )
+            replica = source.is_replica()
+            logger.info(
+                "watermark polling tables=%d replica=%s dsn=%s",
+                len(tables),
+                replica,
+                redact_dsn(cfg.source.dsn),
+            )
+            states = {t: self._watermark_state(wt) for t, wt in tables.items()}
+            self._health.set_connected(True)
+            self._health.set_phase(Phase.STREAMING)
+            for t in tables:
+                self._set_table(t, TableState.STREAMING)
+            due = dict.fromkeys(tables, 0.0)
+            interval = {tc.name: tc.poll_interval_seconds or wm.poll_interval_seconds for tc in cfg.tables}
+            while not self._stop.is_set():
+                now = time.monotonic()
+                for t, wt in tables.items():
+                    if due[t] <= now and not self._stop.is_set():
+                        states[t] = self._poll(source, wt, states[t])
+                        due[t] = time.monotonic() + interval[t]
+                self._health.beat()
+                wait = min(due.values()) - time.monotonic()
+                if wait > 0:
+                    self._stop.wait(min(wait, 1.0))
+        finally:
+            self._health.set_connected(False)
+            source.close()
+        logger.info("watermark polling stopped")
+
+    def _watermark_state(self, wt: WatermarkTable) -> WatermarkState:
+        """The table's state from its newest Delta commit (or the state store's copy); create the table."""
+        table = wt.schema.table
+        if not self._sink.exists(table):
+            self._sink.begin_load(wt.schema, fresh=True)
+            return WatermarkState()
+        text = self._sink.latest_metadata(table, _WATERMARK_KEY)
+        if text is None:
+            saved = self._state.table_statuses(self._slot).get(str(table))
+            text = (
+                saved.position
+                if saved is not None and saved.position and saved.position.startswith("{")
+                else None
+            )
+            if text is None:
+                logger.warning(
+                    "no watermark found for %s: reading the whole table again (merges make that safe)", table
+                )
+                return WatermarkState()
+        return WatermarkState.from_json(text)
+
+    def _poll(self, source: WatermarkSource, wt: WatermarkTable, state: WatermarkState) -> WatermarkState:
+        """One poll of one table: late rows and new rows, each page one Delta commit with the new state."""
+        table = wt.schema.table
+        lookback = self._cfg.watermark.lookback_seconds
+        polled_at = wall()
+        it = source.poll(wt, state, lookback=lookback)
+        header = next(it)
+        assert isinstance(header, PollResult)
+        if self._metrics is not None and header.replica_lag_seconds is not None:
+            self._metrics.replica_lag.set(max(0.0, header.replica_lag_seconds))
+        pending = settle(state, header.snapshot, now=polled_at, lookback=lookback)
+        start = state.read
+        fresh = start is None and not state.pending and (self._sink.row_count(table) or 0) == 0
+        read = start
+        seq = state.seq
+        changed = pending != state.pending
+        rows_read = late_rows = 0
+        for page in it:
+            assert isinstance(page, Page)
+            self._health.beat()
+            if not page.late and page.last is not None:
+                read = page.last
+            seq = max(seq + 1, header.lsn.value)
+            watch = pending
+            if read != start and (header.snapshot.xip or lookback > 0):
+                watch = (*pending, Pending(start, read, header.snapshot, polled_at))  # type: ignore[arg-type]
+            new = WatermarkState(read, watch, seq)
+            meta = {_WATERMARK_KEY: new.to_json(), "cdc.op": "watermark"}
+            at = now_utc()
+            t0 = time.monotonic()
+            if fresh and not page.late and not wt.soft_delete:
+                rows = page.rows
+                if wt.delete_column:
+                    rows = rows.filter(pc.is_null(rows.column(wt.delete_column)))
+                self._sink.load_chunk(
+                    wt.schema,
+                    rows.to_batches(),
+                    KeyRange(),
+                    snapshot_lsn=Lsn(seq),
+                    loaded_at=at,
+                    append=True,
+                    position=TablePosition(Lsn(seq)),
+                    metadata=meta,
+                )
+                result = None
+            else:
+                data, _deletes = page_patch(page, wt, seq=seq, read_at=at)
+                patch = TablePatch(wt.schema, data, changes=data.num_rows)
+                result = self._sink.apply(patch, TablePosition(Lsn(seq)), metadata=meta)
+            self._after_watermark_commit(table, new, page, result, time.monotonic() - t0)
+            rows_read += page.rows.num_rows
+            late_rows += page.rows.num_rows if page.late else 0
+            state, changed = new, False
+        if changed:
+            # ranges settled without new rows: record it (an empty commit), so a restart skips them
+            seq = max(seq + 1, header.lsn.value)
+            new = WatermarkState(read, pending, seq)
+            empty = TablePatch(wt.schema, _empty_patch_rows(wt.schema), changes=0)
+            self._sink.apply(
+                empty,
+                TablePosition(Lsn(seq)),
+                metadata={_WATERMARK_KEY: new.to_json(), "cdc.op": "watermark"},
+            )
+            self._record_watermark(table, new)
+            state = new
+        if rows_read:
+            logger.info(
+                "watermark poll table=%s rows=%d late=%d read=%s pending=%d",
+                table,
+                rows_read,
+                late_rows,
+                ",".join(read or ()),
+                len(state.pending),
+            )
+        if late_rows:
+            logger.warning(
+                "late rows table=%s rows=%d: committed after a poll had passed their cursor value; "
+                "captured (source.mode watermark watches pending ranges)",
+                table,
+                late_rows,
+            )
+        return state
+
+    def _after_watermark_commit(
+        self, table: TableId, state: WatermarkState, page: Page, result: ApplyResult | None, seconds: float
+    ) -> None:
+        self._record_watermark(table, state)
+        self._health.set_committed(table, Lsn(state.seq))
+        m = self._metrics
+        if m is None:
+            return
+        name = str(table)
+        m.merge_duration.labels(table=name).observe(seconds)
+        if page.late:
+            m.watermark_late_rows.labels(table=name).inc(page.rows.num_rows)
+        if result is None:
+            m.snapshot_rows.labels(table=name).inc(page.rows.num_rows)
+        else:
+            m.changes_applied.labels(table=name, op="insert").inc(result.inserted)
+            m.changes_applied.labels(table=name, op="update").inc(result.updated)
+            m.changes_applied.labels(table=name, op="delete").inc(result.deleted)
+        m.batches.inc()
+
+    def _record_watermark(self, table: TableId, state: WatermarkState) -> None:
+        """A copy of the state in the state store (the Delta commit is the authority)."""
+        try:
+            self._state.table_status(self._slot, table, TableState.STREAMING.value, position=state.to_json())
+        except Exception as exc:
+            logger.warning("could not record the watermark of %s: %s", table, exc)
+
     def _check_relation(self, ev: RelationChanged, schemas: Mapping[TableId, TableSchema]) -> None:
         want = schemas.get(ev.schema.table)
         got = ev.schema
@@ -602,8 +811,15 @@ class _SlotWatch:
     """
 
     def __init__(
-        self, config: Config, health: HealthState, metrics: Metrics | None, stop: threading.Event
+        self,
+        config: Config,
+        health: HealthState,
+        metrics: Metrics | None,
+        stop: threading.Event,
+        *,
+        enabled: bool = True,
     ) -> None:
+        self._enabled = enabled  # watermark mode has no slot and writes nothing to the source
         self._src = config.source
         self._health = health
         self._metrics = metrics
@@ -616,6 +832,8 @@ class _SlotWatch:
             metrics.slot_max_retained_wal.set(config.source.max_retained_wal_bytes)
 
     def start(self) -> None:
+        if not self._enabled:
+            return
         self._thread = threading.Thread(target=self._loop, name="cdc-slot-watch", daemon=True)
         self._thread.start()
 

@@ -186,6 +186,8 @@ class DeltaSink:
         loaded_at: datetime,
         append: bool = False,
         native: bool = False,
+        position: TablePosition | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> ChunkWritten:
         """Write one chunk as a single commit that replaces its key range: a redo is a no-op.
 
@@ -227,7 +229,12 @@ class DeltaSink:
         reader = pa.RecordBatchReader.from_batches(tschema, typed())
         predicate = range_predicate(schema, key_range)
         token = f"{table}#{uuid.uuid4().hex}"
-        props = CommitProperties(custom_metadata={"cdc.op": "load-chunk", "cdc.chunk": token})
+        if position is not None:  # the chunk also records the table's position (watermark catch-up)
+            props = self._props(
+                table, position, {"cdc.op": "load-chunk", "cdc.chunk": token, **(metadata or {})}
+            )
+        else:
+            props = CommitProperties(custom_metadata={"cdc.op": "load-chunk", "cdc.chunk": token})
         try:
             self._write(
                 table,
@@ -319,7 +326,14 @@ class DeltaSink:
 
     # ---- streaming -----------------------------------------------------------------------
 
-    def apply(self, patch: TablePatch, position: TablePosition, *, batch_id: int = 0) -> ApplyResult | None:
+    def apply(
+        self,
+        patch: TablePatch,
+        position: TablePosition,
+        *,
+        batch_id: int = 0,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ApplyResult | None:
         """Commit the patch and ``position`` together; None when the table already held it."""
         table = patch.schema.table
         dt = self._open(table)
@@ -337,7 +351,7 @@ class DeltaSink:
         old_keys = moved_keys(patch)
         moved_rows = None if old_keys is None or patch.truncate else self._rows_at(dt, patch.schema, old_keys)
         plan = plan_merge(patch, soft_delete=soft, moved_rows=moved_rows)
-        props = self._props(table, position, {"cdc.batch": str(batch_id)})
+        props = self._props(table, position, {"cdc.batch": str(batch_id), **(metadata or {})})
         before = dt.version()
         try:
             if patch.truncate and not soft:
@@ -421,6 +435,17 @@ class DeltaSink:
             ]
             found = found.filter(pa.array(mask, pa.bool_()))
         return found
+
+    def latest_metadata(self, table: TableId, key: str, *, depth: int = 200) -> str | None:
+        """``key``'s value in the newest of the last ``depth`` commits that carry it (None: none does)."""
+        dt = self._open(table)
+        if dt is None:
+            return None
+        for entry in dt.history(depth):
+            value = entry.get(key)
+            if isinstance(value, str):
+                return value
+        return None
 
     def last_commit(self, table: TableId) -> tuple[int, datetime | None] | None:
         """The table's current version and when it was committed (None: no table)."""

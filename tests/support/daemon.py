@@ -63,6 +63,7 @@ def write_config(
     return path
 
 
+_STREAMING = re.compile(r"streaming slot=|watermark polling tables=")
 _LISTENING = re.compile(r"http endpoint listening address=(\S+:\d+)")
 
 
@@ -122,7 +123,7 @@ class Daemon:
     def wait_streaming(self, timeout: float = 60.0) -> None:
         """Wait until this start of the daemon logged that it streams."""
         wait_until(
-            lambda: not self.alive() or "streaming slot=" in self.logs[-1].read_text(errors="replace"),
+            lambda: not self.alive() or _STREAMING.search(self.logs[-1].read_text(errors="replace")),
             timeout=timeout,
             message="daemon did not start streaming",
         )
@@ -166,16 +167,25 @@ class Daemon:
 
 
 def wait_converged(
-    db: PgDatabase, lake: Path, tables: Iterable[str], *, timeout: float = 60.0, daemon: Daemon | None = None
+    db: PgDatabase,
+    lake: Path,
+    tables: Iterable[str],
+    *,
+    timeout: float = 60.0,
+    daemon: Daemon | None = None,
+    where: str | None = None,
 ) -> None:
-    """Wait until every Delta table equals its source table row for row (``_cdc_*`` ignored)."""
+    """Wait until every Delta table equals its source table row for row (``_cdc_*`` ignored).
+
+    ``where``: only the source rows meeting it are expected (e.g. soft-deleted rows are not).
+    """
     names = list(tables)
     last: list[str | None] = []
 
     def check() -> bool:
         if daemon is not None and daemon.proc is not None and daemon.proc.poll() is not None:
             raise AssertionError(f"daemon exited with {daemon.proc.returncode}:\n{daemon.output()}")
-        last[:] = [diff_tables(db, lake, t) for t in names]
+        last[:] = [diff_tables(db, lake, t, where) for t in names]
         return all(d is None for d in last)
 
     try:

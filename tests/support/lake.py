@@ -57,8 +57,13 @@ def delta_rows(lake: Path, table: str) -> tuple[list[str], list[tuple[Any, ...]]
     return cols, sorted(rows, key=_key)
 
 
-def source_rows(db: PgDatabase, table: str, cols: list[str], text_cols: set[str]) -> list[tuple[Any, ...]]:
-    """The source table's rows, with ``text_cols`` read as their text form (as Delta stores them)."""
+def source_rows(
+    db: PgDatabase, table: str, cols: list[str], text_cols: set[str], where: str | None = None
+) -> list[tuple[Any, ...]]:
+    """The source table's rows, with ``text_cols`` read as their text form (as Delta stores them).
+
+    ``where``: a condition (test-written SQL) the rows must meet, e.g. ``deleted_at is null``.
+    """
     schema, _, name = table.rpartition(".")
     items = [
         # the output function's text (what the stream carries), not ::text (char(n) loses padding)
@@ -67,14 +72,14 @@ def source_rows(db: PgDatabase, table: str, cols: list[str], text_cols: set[str]
         else sql.Identifier(c)
         for c in cols
     ]
-    q = sql.SQL("select {} from {}").format(
-        sql.SQL(", ").join(items), sql.Identifier(schema or "public", name)
+    q = sql.SQL("select {} from {} where {}").format(
+        sql.SQL(", ").join(items), sql.Identifier(schema or "public", name), sql.SQL(where or "true")
     )
     rows = [tuple(_norm(v) for v in r) for r in db.query(q)]
     return sorted(rows, key=_key)
 
 
-def diff_tables(db: PgDatabase, lake: Path, table: str) -> str | None:
+def diff_tables(db: PgDatabase, lake: Path, table: str, where: str | None = None) -> str | None:
     """None when the Delta table equals its source row for row; else a short description."""
     try:
         cols, lake_rows = delta_rows(lake, table)
@@ -87,7 +92,7 @@ def diff_tables(db: PgDatabase, lake: Path, table: str) -> str | None:
         for f in (arrow.field(i) for i in range(len(arrow.names)))
         if f.name in cols and ("string" in str(f.type) or "utf8" in str(f.type).lower())
     }
-    src = source_rows(db, table, cols, text_cols)
+    src = source_rows(db, table, cols, text_cols, where)
     if lake_rows == src:
         return None
     lk, sk = {_key(r) for r in lake_rows}, {_key(r) for r in src}

@@ -17,6 +17,7 @@ from cdc_replicator.config import (
     StateConfig,
     TableConfig,
     TargetConfig,
+    WatermarkConfig,
     load_config,
     redact_dsn,
 )
@@ -45,6 +46,10 @@ status_interval_seconds = 5
 connect_timeout_seconds = 2.5
 retry_max_seconds = 60.0
 retry_give_up_seconds = 600
+heartbeat_interval_seconds = 30
+heartbeat = "table"
+slot_check_interval_seconds = 5
+max_retained_wal_bytes = 1073741824
 
 [target]
 uri = "s3://bucket/lake"
@@ -57,9 +62,20 @@ AWS_ALLOW_HTTP = "true"
 [[tables]]
 name = "sales.orders"
 soft_delete = true
+cursor = ["updated_at", "revision"]
+delete_column = "deleted_at"
+poll_interval_seconds = 1.5
+page_size = 500
 
 [[tables]]
 name = "customers"
+cursor = "id"
+
+[watermark]
+poll_interval_seconds = 10
+page_size = 2000
+lookback_seconds = 120
+statement_timeout_seconds = 30
 
 [batch]
 max_rows = 5000
@@ -72,6 +88,8 @@ url = "postgresql+psycopg://state@db/state"
 [server]
 listen = "0.0.0.0:9000"
 enabled = false
+liveness_timeout_seconds = 300
+stop_timeout_seconds = 0
 
 [log]
 level = "DEBUG"
@@ -115,6 +133,10 @@ def test_a_full_file_parses_to_the_expected_dataclasses(tmp_path: Path) -> None:
             connect_timeout_seconds=2.5,
             retry_max_seconds=60.0,
             retry_give_up_seconds=600.0,
+            heartbeat_interval_seconds=30.0,
+            heartbeat="table",
+            slot_check_interval_seconds=5.0,
+            max_retained_wal_bytes=1073741824,
         ),
         target=TargetConfig(
             uri="s3://bucket/lake",
@@ -122,13 +144,25 @@ def test_a_full_file_parses_to_the_expected_dataclasses(tmp_path: Path) -> None:
             target_file_size=1048576,
         ),
         tables=(
-            TableConfig(TableId("sales", "orders"), soft_delete=True),
-            TableConfig(TableId("public", "customers"), soft_delete=False),
+            TableConfig(
+                TableId("sales", "orders"),
+                soft_delete=True,
+                cursor=("updated_at", "revision"),
+                delete_column="deleted_at",
+                poll_interval_seconds=1.5,
+                page_size=500,
+            ),
+            TableConfig(TableId("public", "customers"), soft_delete=False, cursor=("id",)),
         ),
         batch=BatchConfig(max_rows=5000, max_bytes=1000000, max_seconds=0.5),
         state=StateConfig(url="postgresql+psycopg://state@db/state"),
-        server=ServerConfig(listen="0.0.0.0:9000", enabled=False),
+        server=ServerConfig(
+            listen="0.0.0.0:9000", enabled=False, liveness_timeout_seconds=300.0, stop_timeout_seconds=0.0
+        ),
         log=LogConfig(level="debug", format="json"),
+        watermark=WatermarkConfig(
+            poll_interval_seconds=10.0, page_size=2000, lookback_seconds=120.0, statement_timeout_seconds=30.0
+        ),
     )
     assert isinstance(cfg.source.status_interval_seconds, float)
 
@@ -275,7 +309,10 @@ def test_a_storage_option_env_variable_replaces_the_option_whatever_its_case(tmp
 
 def test_the_tables_env_variable_replaces_the_whole_list(tmp_path: Path) -> None:
     path = write(tmp_path, FULL)
-    env = {"CDC_REPLICATOR_TABLES": "public.orders, public.customers,"}
+    env = {
+        "CDC_REPLICATOR_TABLES": "public.orders, public.customers,",
+        "CDC_REPLICATOR_SOURCE__MODE": "logical",
+    }
 
     cfg = load_config(path, env=env)
 
@@ -633,3 +670,28 @@ def test_the_config_repr_holds_no_password_or_secret_option() -> None:
 
     assert "hunter2" not in text and "hunter3" not in text
     assert "postgresql://u:***@h/db" in text
+
+
+# ---- watermark mode ------------------------------------------------------------------------------
+
+
+def test_watermark_mode_needs_a_cursor_for_every_table(tmp_path: Path) -> None:
+    msg = config_error(minimal(tmp_path), {"CDC_REPLICATOR_SOURCE__MODE": "watermark"})
+    assert msg.startswith("config: tables[0].cursor is required in watermark mode")
+    assert 'cursor = "updated_at"' in msg
+
+
+def test_a_cursor_is_a_name_or_a_list_of_names_and_env_takes_commas(tmp_path: Path) -> None:
+    env = {"CDC_REPLICATOR_SOURCE__MODE": "watermark", "CDC_REPLICATOR_TABLES__0__CURSOR": "updated_at, id"}
+    cfg = load_config(minimal(tmp_path), env=env)
+    assert cfg.tables[0].cursor == ("updated_at", "id")
+    assert cfg.tables[0].delete_column == "" and cfg.tables[0].page_size == 0
+    assert cfg.watermark == WatermarkConfig()
+
+
+@pytest.mark.parametrize("value", ["[]", "3", '["a", "a"]', '["a", ""]'])
+def test_a_malformed_cursor_is_named_in_the_error(tmp_path: Path, value: str) -> None:
+    text = MINIMAL.replace('name = "public.orders"', f'name = "public.orders"\ncursor = {value}')
+    assert text != MINIMAL
+    msg = config_error(write(tmp_path, text))
+    assert msg.startswith("config: tables[0].cursor must be"), msg

@@ -1,0 +1,409 @@
+"""Watermark polling of a (read replica) database: high-watermark page queries, built with SQLAlchemy Core.
+
+A table's progress is a ``WatermarkState``: ``read`` is the last (cursor..., key...) read; every
+row at or below it has been applied. A row can still appear *below* ``read`` later: its
+transaction was in progress when the poll ran (or took its cursor value, e.g. ``now()``, before the
+poll and wrote after it). So each poll also remembers its snapshot (``pg_current_snapshot()``, which
+works during recovery) and keeps its range *pending* until every transaction in progress then has
+finished and ``lookback`` seconds have passed. While a range is pending, each poll re-reads it, but
+only the rows written by those transactions or later ones (the row's ``xmin`` is one of the
+snapshot's in-progress xids, or at or above its ``xmax``): late rows are found without re-reading,
+let alone re-merging, what was already applied.
+
+One poll is one read-only REPEATABLE READ transaction with a statement timeout: the snapshot, the
+late-row check and every page agree. Nothing is ever written to the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.types import UserDefinedType
+
+from cdc_replicator.errors import MissingKey, SourceError
+from cdc_replicator.model import Lsn, Op, TableId, TableSchema
+from cdc_replicator.source.checks import read_schema
+from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
+
+__all__ = ["Page", "PollResult", "Snapshot", "WatermarkSource", "WatermarkState", "WatermarkTable"]
+
+logger = logging.getLogger(__name__)
+
+_TS_UTC = pa.timestamp("us", tz="UTC")
+_XID_MOD = 1 << 32
+
+
+# ---- state ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """``pg_current_snapshot()``: xids below ``xmin`` are finished, ``xip`` were in progress."""
+
+    xmin: int
+    xmax: int
+    xip: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Snapshot:
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
+
+    def finished(self, xid: int) -> bool:
+        """True when transaction ``xid`` (older than this snapshot's xmax) is no longer running."""
+        return xid < self.xmin or (xid < self.xmax and xid not in self.xip)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A poll's range that late rows may still land in: (``after``, ``upto``] of (cursor..., key...)."""
+
+    after: tuple[str, ...] | None  # None: from the start of the table
+    upto: tuple[str, ...]
+    snapshot: Snapshot
+    at: float  # wall-clock seconds of the poll
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.snapshot
+        return {
+            "after": self.after,
+            "upto": self.upto,
+            "xmin": s.xmin,
+            "xmax": s.xmax,
+            "xip": s.xip,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Pending:
+        after = d.get("after")
+        return cls(
+            tuple(after) if after is not None else None,
+            tuple(d["upto"]),
+            Snapshot(int(d["xmin"]), int(d["xmax"]), tuple(int(x) for x in d["xip"])),
+            float(d["at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WatermarkState:
+    """What a table holds: rows up to ``read`` are applied; ``pending`` ranges are still watched."""
+
+    read: tuple[str, ...] | None = None
+    pending: tuple[Pending, ...] = ()
+    seq: int = 0  # the position of the last commit (strictly increasing)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"read": self.read, "pending": [p.to_json() for p in self.pending], "seq": self.seq},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> WatermarkState:
+        d = json.loads(text)
+        read = d.get("read")
+        return cls(
+            tuple(read) if read is not None else None,
+            tuple(Pending.from_json(p) for p in d.get("pending", [])),
+            int(d.get("seq", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WatermarkTable:
+    """One polled table: its schema (key from the catalog), cursor columns and options."""
+
+    schema: TableSchema
+    cursor: tuple[str, ...]
+    delete_column: str = ""
+    page_size: int = 10_000
+    soft_delete: bool = False
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """Cursor columns, then the key columns not already among them."""
+        return self.cursor + tuple(k for k in self.schema.key if k not in self.cursor)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Rows read from one table as PostgreSQL text (``binary`` columns) plus ``_cdc_*`` columns."""
+
+    rows: pa.Table
+    last: tuple[str, ...] | None  # (cursor..., key...) of the last row of a forward page
+    late: bool  # rows found behind the watermark
+
+
+@dataclass(slots=True)
+class PollResult:
+    snapshot: Snapshot
+    lsn: Lsn  # the database's WAL position the snapshot reflects (replay position on a replica)
+    replica_lag_seconds: float | None
+    pages: list[Page] = field(default_factory=list)
+
+
+# ---- the source ----------------------------------------------------------------------------------
+
+
+class _PgType(UserDefinedType[Any]):
+    """A column's own type, as the catalog names it, for ``CAST(:watermark AS <type>)``."""
+
+    cache_ok = True
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return self.spec
+
+
+class WatermarkSource:
+    """Polls tables with high-watermark page queries on one SQLAlchemy engine (psycopg driver)."""
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 10.0, statement_timeout: float = 60.0) -> None:
+        self._dsn = dsn
+        self._timeout = statement_timeout
+        self._engine: Engine = sa.create_engine(
+            "postgresql+psycopg://",
+            creator=lambda: psycopg.connect(
+                dsn,
+                connect_timeout=max(1, int(connect_timeout)),
+                options=SESSION_OPTIONS,  # ISO dates, UTC: the text forms read back the same
+                application_name="cdc-replicator watermark",
+            ),
+            pool_pre_ping=True,
+            pool_size=1,
+            max_overflow=1,
+        )
+        self._types: dict[TableId, dict[str, str]] = {}
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def _connect(self) -> Connection:
+        try:
+            return self._engine.connect()
+        except DBAPIError as exc:
+            raise classify_error(
+                str(exc.orig or exc), context="cannot connect to the source database"
+            ) from exc
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def describe(self, table: TableId, cursor: Sequence[str], delete_column: str) -> TableSchema:
+        """The table's schema; checks that it has a primary key and the named columns exist."""
+        with self._connect() as conn:
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            schema = read_schema(raw, table)
+            has_pk = raw.execute(
+                "select exists (select 1 from pg_index where indrelid = %s::regclass and indisprimary)",
+                (f'"{table.schema}"."{table.name}"',),
+            ).fetchone()
+            rows = raw.execute(
+                "select a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull from pg_attribute a "
+                "where a.attrelid = %s::regclass and a.attnum > 0 and not a.attisdropped",
+                (f'"{table.schema}"."{table.name}"',),
+            ).fetchall()
+            conn.rollback()
+        if not (has_pk and has_pk[0]):
+            raise MissingKey(
+                f"table {table} has no primary key: watermark mode pages and merges by key",
+                hint=f"add one: alter table {table} add primary key (<columns>); (on the primary)",
+            )
+        names = set(schema.column_names)
+        for col in (*cursor, *([delete_column] if delete_column else [])):
+            if col not in names:
+                raise SourceError(
+                    f"{table} has no column {col!r} (named as cursor or delete_column)",
+                    hint=f"columns of {table}: {', '.join(schema.column_names)}",
+                )
+        nullable = [c for c in cursor if any(str(r[0]) == c and not r[2] for r in rows)]
+        if nullable:
+            raise SourceError(
+                f"cursor column(s) {', '.join(nullable)} of {table} may be NULL: rows with a NULL cursor "
+                "would never be read",
+                hint=f"on the primary: alter table {table} alter column {nullable[0]} set not null; "
+                "or choose a NOT NULL cursor column",
+            )
+        self._types[table] = {str(r[0]): str(r[1]) for r in rows}
+        return schema
+
+    def is_replica(self) -> bool:
+        with self._connect() as conn:
+            value = conn.execute(sa.select(sa.func.pg_is_in_recovery())).scalar_one()
+            conn.rollback()
+        return bool(value)
+
+    # -- polling --------------------------------------------------------------------------------
+
+    def poll(
+        self, t: WatermarkTable, state: WatermarkState, *, lookback: float
+    ) -> Iterator[PollResult | Page]:
+        """One poll of ``t`` in one snapshot: first the ``PollResult`` header, then its pages.
+
+        Late rows (pending ranges, filtered to the writers that may be late) come first, then the
+        rows after ``state.read`` in (cursor, key) order, ``t.page_size`` at a time. The caller
+        consumes the pages while the transaction stays open.
+        """
+        try:
+            with self._connect() as conn:
+                conn.execute(sa.text("set transaction isolation level repeatable read read only"))
+                # statement_timeout in ms: a bound parameter cannot be used with SET
+                conn.execute(
+                    sa.select(sa.func.set_config("statement_timeout", str(int(self._timeout * 1000)), True))
+                )
+                row = conn.execute(
+                    sa.select(
+                        sa.cast(sa.func.pg_current_snapshot(), sa.Text),
+                        sa.case(
+                            (sa.func.pg_is_in_recovery(), sa.cast(sa.func.pg_last_wal_replay_lsn(), sa.Text)),
+                            else_=sa.cast(sa.func.pg_current_wal_lsn(), sa.Text),
+                        ),
+                        sa.case(
+                            (
+                                sa.func.pg_is_in_recovery(),
+                                sa.extract("epoch", sa.func.now() - sa.func.pg_last_xact_replay_timestamp()),
+                            ),
+                            else_=None,
+                        ),
+                    )
+                ).one()
+                snap = Snapshot.parse(str(row[0]))
+                header = PollResult(snap, Lsn.parse(str(row[1])), None if row[2] is None else float(row[2]))
+                yield header
+                late_xids, late_from = _late_writers(state.pending)
+                for p in state.pending:
+                    yield from self._pages(conn, t, p.after, p.upto, late_xids, late_from)
+                after = state.read
+                while True:
+                    forward = next(
+                        iter(self._pages(conn, t, after, None, None, None, limit=t.page_size)), None
+                    )
+                    if forward is None:
+                        break
+                    yield forward
+                    if forward.rows.num_rows < t.page_size:
+                        break
+                    after = forward.last
+                conn.rollback()
+        except DBAPIError as exc:
+            raise classify_error(str(exc.orig or exc), context=f"polling {t.schema.table} failed") from exc
+        except SQLAlchemyError as exc:
+            raise SourceError(f"polling {t.schema.table} failed: {exc}", retryable=True) from exc
+
+    def _pages(
+        self,
+        conn: Connection,
+        t: WatermarkTable,
+        after: tuple[str, ...] | None,
+        upto: tuple[str, ...] | None,
+        late_xids: Sequence[int] | None,
+        late_from: int | None,
+        *,
+        limit: int | None = None,
+    ) -> Iterator[Page]:
+        types = self._types[t.schema.table]
+        tbl = sa.table(
+            t.schema.table.name, *[sa.column(c) for c in t.schema.column_names], schema=t.schema.table.schema
+        )
+        order = [tbl.c[c] for c in t.order]
+
+        def bound(values: tuple[str, ...], prefix: str) -> sa.ColumnElement[Any]:
+            return sa.tuple_(
+                *[
+                    sa.cast(sa.bindparam(f"{prefix}{i}", v, type_=sa.Text), _PgType(types[c]))
+                    for i, (c, v) in enumerate(zip(t.order, values, strict=True))
+                ]
+            )
+
+        cond: list[sa.ColumnElement[bool]] = []
+        if after is not None:
+            cond.append(sa.tuple_(*order) > bound(after, "a"))
+        if upto is not None:
+            cond.append(sa.tuple_(*order) <= bound(upto, "u"))
+        if late_xids is not None:
+            # xmin is a 32-bit xid; the snapshot's are 64-bit: compare modulo 2^32
+            xmin = sa.cast(sa.cast(sa.literal_column("xmin"), sa.Text), sa.BigInteger)
+            late: list[sa.ColumnElement[bool]] = (
+                [xmin.in_([x % _XID_MOD for x in late_xids])] if late_xids else []
+            )
+            if late_from is not None:
+                # at or after late_from in the circular xid space
+                late.append(sa.func.mod(xmin - (late_from % _XID_MOD) + _XID_MOD, _XID_MOD) < (1 << 31))
+            cond.append(sa.or_(*late) if late else sa.false())
+        items = [
+            sa.case((tbl.c[c].is_(None), None), else_=sa.func.format("%s", tbl.c[c])).label(c)
+            for c in t.schema.column_names
+        ]
+        query = sa.select(*items).select_from(tbl).where(*cond).order_by(*order)
+        if limit is not None:
+            query = query.limit(limit)
+        result = conn.execute(query)
+        while True:
+            rows = result.fetchmany(t.page_size)
+            if not rows:
+                return
+            columns = list(zip(*rows, strict=True))
+            arrays = {
+                name: pa.array(columns[i], pa.string()).cast(pa.binary())
+                for i, name in enumerate(t.schema.column_names)
+            }
+            last = tuple(str(rows[-1][t.schema.column_names.index(c)]) for c in t.order)
+            yield Page(pa.table(arrays), last, late_xids is not None)
+            if limit is not None:
+                return
+
+
+def _late_writers(pending: Sequence[Pending]) -> tuple[list[int], int | None]:
+    """Transactions whose rows may land in pending ranges: in progress at a poll, or started after it."""
+    xids = sorted({x for p in pending for x in p.snapshot.xip})
+    start = min((p.snapshot.xmax for p in pending), default=None)
+    return xids, start
+
+
+def settle(state: WatermarkState, snap: Snapshot, *, now: float, lookback: float) -> tuple[Pending, ...]:
+    """The pending ranges still to watch: a range is settled once every transaction in progress at
+    its poll has finished (``snap`` says so) and ``lookback`` seconds have passed since it."""
+    return tuple(
+        p
+        for p in state.pending
+        if not (all(snap.finished(x) for x in p.snapshot.xip) and now - p.at >= lookback)
+    )
+
+
+def page_patch(page: Page, t: WatermarkTable, *, seq: int, read_at: datetime) -> tuple[pa.Table, int]:
+    """The page as a TablePatch's rows (source text columns + ``_cdc_*``) and its number of deletes."""
+    n = page.rows.num_rows
+    ops = pa.repeat(pa.scalar(Op.UPDATE.value, pa.string()), n)
+    deletes = 0
+    if t.delete_column:
+        import pyarrow.compute as pc
+
+        deleted = pc.is_valid(page.rows.column(t.delete_column))
+        deletes = int(pc.sum(deleted).as_py() or 0)
+        ops = pc.if_else(deleted, Op.DELETE.value, ops)
+    rows = page.rows.append_column("_cdc_lsn", pa.repeat(pa.scalar(seq, pa.int64()), n))
+    rows = rows.append_column("_cdc_op", ops)
+    rows = rows.append_column("_cdc_committed_at", pa.repeat(pa.scalar(read_at, _TS_UTC), n))
+    return rows, deletes
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def wall() -> float:
+    return time.time()

@@ -1,0 +1,178 @@
+"""Watermark mode: polling with high-watermark queries, against a real PostgreSQL, rows compared.
+
+The daemon runs as a subprocess with ``source.mode = "watermark"``; its Delta tables must end equal
+to the source's rows (soft-deleted rows excluded), with nothing written on the database side.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+from tests.support.daemon import Daemon, wait_converged, write_config
+from tests.support.lake import table_path
+from tests.support.pg import PgDatabase
+from tests.support.wait import wait_until
+
+T = "public.items"
+LIVE = "deleted_at is null"
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path / "cfg.toml", tmp_path)
+    yield d
+    d.close()
+
+
+def _items(pg: PgDatabase, rows: int) -> None:
+    pg.execute(
+        "create table items (id bigint primary key, v text, n numeric(12,2), "
+        "updated_at timestamptz not null default clock_timestamp(), deleted_at timestamptz)"
+    )
+    pg.execute("create index on items (updated_at, id)")
+    pg.execute(
+        "insert into items (id, v, n) select g, 'v' || g, g / 7.0 from generate_series(1, %s) g", (rows,)
+    )
+
+
+def _config(daemon: Daemon, pg: PgDatabase, lake: Path, **watermark: object) -> None:
+    write_config(
+        daemon.config,
+        pg,
+        lake,
+        [T],
+        source_extra={"mode": "watermark"},
+        table_extra={T: {"cursor": "updated_at", "delete_column": "deleted_at"}},
+    )
+    extra = {"poll_interval_seconds": 0.2, "page_size": 400, **watermark}
+    with open(daemon.config, "a") as f:
+        f.write("[watermark]\n" + "".join(f"{k} = {v}\n" for k, v in extra.items()))
+
+
+def _sessions_of(pg: PgDatabase) -> int:
+    return int(
+        pg.query(
+            "select count(*) from pg_stat_activity where application_name like 'cdc-replicator%%' "
+            "and datname = current_database()"
+        )[0][0]
+    )
+
+
+def test_catch_up_then_inserts_updates_and_soft_deletes_are_followed(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    _items(pg, 3000)
+    _config(daemon, pg, tmp_lake)
+    daemon.start()
+    wait_converged(pg, tmp_lake, [T], daemon=daemon, where=LIVE)
+    slots_before = pg.query("select count(*) from pg_replication_slots")[0][0]
+
+    pg.execute("insert into items (id, v, n) select g, 'new', 1 from generate_series(3001, 3500) g")
+    pg.execute("update items set v = 'changed', updated_at = clock_timestamp() where id % 10 = 0")
+    pg.execute("update items set deleted_at = now(), updated_at = clock_timestamp() where id % 7 = 0")
+    wait_converged(pg, tmp_lake, [T], daemon=daemon, where=LIVE)
+    # nothing written on the database side: no slot, no publication, no schema
+    assert pg.query("select count(*) from pg_replication_slots")[0][0] == slots_before == 0
+    assert pg.query("select count(*) from pg_publication")[0][0] == 0
+    assert pg.query("select count(*) from pg_namespace where nspname = 'cdc_replicator'")[0][0] == 0
+    assert daemon.stop() == 0, daemon.output()
+
+
+def test_many_rows_sharing_one_cursor_value_are_paged_by_key_without_loss(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    pg.execute(
+        "create table items (id bigint primary key, v text, updated_at timestamptz not null, deleted_at timestamptz)"
+    )
+    pg.execute("create index on items (updated_at, id)")
+    # 2,500 rows with one updated_at (one transaction's now()), pages of 400: the key breaks ties
+    pg.execute(
+        "insert into items (id, v, updated_at) select g, 'v' || g, now() from generate_series(1, 2500) g"
+    )
+    _config(daemon, pg, tmp_lake)
+    daemon.start()
+    wait_converged(pg, tmp_lake, [T], daemon=daemon, where=LIVE)
+    pg.execute("update items set v = 'again', updated_at = now() where id > 1200")
+    wait_converged(pg, tmp_lake, [T], daemon=daemon, where=LIVE)
+    assert daemon.stop() == 0, daemon.output()
+
+
+def test_a_transaction_that_commits_after_the_watermark_passed_its_rows_is_still_captured(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    _items(pg, 100)
+    _config(daemon, pg, tmp_lake)
+    daemon.start()
+    wait_converged(pg, tmp_lake, [T], daemon=daemon, where=LIVE)
+
+    # a long transaction writes rows stamped with its start time (now()), then waits
+    long_txn = pg.connect()
+    long_txn.execute("select 1")  # the transaction (and its now()) starts here
+    time.sleep(0.3)
+    long_txn.execute(
+        "insert into items (id, v, updated_at) values (5001, 'late', now()), (5002, 'late', now())"
+    )
+    long_txn.execute("update items set v = 'late update', updated_at = now() where id = 1")
+    # meanwhile other transactions commit newer rows, and the daemon's watermark moves past now()
+    for i in range(5):
+        pg.execute("insert into items (id, v) values (%s, 'later')", (6000 + i,))
+        time.sleep(0.3)
+    wait_until(
+        lambda: DeltaTable(str(table_path(tmp_lake, T))).to_pyarrow_table().num_rows >= 105,
+        timeout=30,
+        message="the newer rows did not arrive",
+    )
+    long_txn.commit()
+    long_txn.close()
+    wait_converged(pg, tmp_lake, [T], daemon=daemon, where=LIVE, timeout=60)
+    assert "late rows table=public.items" in daemon.logs[-1].read_text()
+    assert daemon.stop() == 0, daemon.output()
+
+
+def test_kill_9_and_restart_continue_from_the_committed_watermark_without_duplicates(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    _items(pg, 2000)
+    _config(daemon, pg, tmp_lake, page_size=200)
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        with pg.connect(autocommit=True) as conn:
+            while not stop.is_set():
+                i += 1
+                conn.execute(
+                    "update items set v = 'w' || %s, updated_at = clock_timestamp() where id = %s",
+                    (i, i % 2000 + 1),
+                )
+                if i % 5 == 0:
+                    conn.execute("insert into items (id, v) values (%s, 'ins')", (100_000 + i,))
+                if i % 11 == 0:
+                    conn.execute(
+                        "update items set deleted_at = now(), updated_at = clock_timestamp() where id = %s",
+                        (i % 1500 + 1,),
+                    )
+                time.sleep(0.002)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        for round_ in range(4):
+            daemon.start()
+            time.sleep(1.0 + 0.4 * round_)
+            daemon.kill()
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    daemon.start()
+    wait_converged(pg, tmp_lake, [T], daemon=daemon, where=LIVE, timeout=120)
+    ids = DeltaTable(str(table_path(tmp_lake, T))).to_pyarrow_table(columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "duplicate keys in Delta"
+    assert _sessions_of(pg) >= 1
+    assert daemon.stop() == 0, daemon.output()
