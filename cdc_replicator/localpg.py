@@ -404,6 +404,40 @@ class LocalPostgres:
         )
         return self
 
+    def start_standby(self, primary: LocalPostgres) -> LocalPostgres:
+        """Create this cluster as a streaming physical standby of ``primary`` and start it.
+
+        ``pg_basebackup -R -X stream`` from the running primary (same major version), then a start
+        in hot-standby mode: read-only queries work, ``pg_is_in_recovery()`` is true.
+        """
+        if self._base is not None:
+            raise RuntimeError(f"{self!r} was already started")
+        if primary.version != self.version:
+            raise ValueError(f"a standby needs the primary's version ({primary.version}), not {self.version}")
+        began = time.monotonic()
+        self._prepare_dirs()
+        argv = [self._binaries.tool("pg_basebackup"), "-D", str(self.datadir), "-h", HOST]
+        argv += ["-p", str(primary.port), "-U", "postgres", "-R", "-X", "stream", "-c", "fast"]
+        if self._fast:
+            argv.append("--no-sync")
+        result = self._run(argv, timeout=300)
+        if result.returncode != 0:
+            raise SourceError(
+                f"pg_basebackup from port {primary.port} failed (exit {result.returncode}):\n"
+                + _tail(result.stdout + result.stderr),
+                hint=_permission_hint(self._owner),
+            )
+        self._write_config()
+        self._start_server()
+        logger.info(
+            "local standby started version=%d port=%d primary_port=%d seconds=%.2f",
+            self.version,
+            self._port,
+            primary.port,
+            time.monotonic() - began,
+        )
+        return self
+
     def start_again(self) -> None:
         """Start the existing cluster after ``stop()`` or ``kill()`` (crash recovery runs if killed)."""
         self._layout()

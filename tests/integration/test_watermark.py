@@ -11,9 +11,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from deltalake import DeltaTable
 
+from cdc_replicator.localpg import LocalPostgres
 from tests.support.daemon import Daemon, wait_converged, write_config
 from tests.support.lake import table_path
 from tests.support.pg import PgDatabase
@@ -175,4 +177,69 @@ def test_kill_9_and_restart_continue_from_the_committed_watermark_without_duplic
     ids = DeltaTable(str(table_path(tmp_lake, T))).to_pyarrow_table(columns=["id"]).column("id").to_pylist()
     assert len(ids) == len(set(ids)), "duplicate keys in Delta"
     assert _sessions_of(pg) >= 1
+    assert daemon.stop() == 0, daemon.output()
+
+
+@pytest.fixture
+def standby(pg: PgDatabase, tmp_path: Path) -> Iterator[LocalPostgres]:
+    """A streaming physical standby of the test cluster (pg_basebackup -R), removed afterwards."""
+    replica = LocalPostgres(pg.cluster.binaries, fast=True)
+    try:
+        replica.start_standby(pg.cluster)
+        yield replica
+    finally:
+        replica.cleanup()
+
+
+def _replayed(pg: PgDatabase, standby: LocalPostgres) -> None:
+    """Wait until the standby has replayed everything the primary wrote so far."""
+    target = str(pg.query("select pg_current_wal_lsn()::text")[0][0])
+    with psycopg.connect(standby.dsn(pg.name), autocommit=True) as conn:
+        wait_until(
+            lambda: conn.execute("select pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)).fetchone()[0],  # type: ignore[index]
+            timeout=30,
+            message="the standby did not catch up",
+        )
+
+
+def test_on_a_standby_the_daemon_reads_only_the_standby_and_survives_its_restart(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon, standby: LocalPostgres
+) -> None:
+    _items(pg, 1500)
+    _replayed(pg, standby)
+    replica = PgDatabase(name=pg.name, dsn=standby.dsn(pg.name), cluster=standby)
+    assert replica.query("select pg_is_in_recovery()")[0][0] is True
+    _config(daemon, replica, tmp_lake)
+    daemon.start()
+    wait_converged(pg, tmp_lake, [T], daemon=daemon, where=LIVE)
+    assert _sessions_of(pg) == 0, "the daemon must not connect to the primary"
+    assert _sessions_of(replica) >= 1
+
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        with pg.connect(autocommit=True) as conn:
+            while not stop.is_set():
+                i += 1
+                conn.execute(
+                    "update items set v = 'w' || %s, updated_at = clock_timestamp() where id = %s",
+                    (i, i % 1500 + 1),
+                )
+                if i % 4 == 0:
+                    conn.execute("insert into items (id, v) values (%s, 'ins')", (50_000 + i,))
+                time.sleep(0.003)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        time.sleep(1.0)
+        standby.restart()  # mid-poll: the daemon retries and continues from its committed watermark
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    _replayed(pg, standby)
+    wait_converged(pg, tmp_lake, [T], daemon=daemon, where=LIVE, timeout=90)
+    assert _sessions_of(pg) == 0
     assert daemon.stop() == 0, daemon.output()
