@@ -7,6 +7,7 @@ slot, the server's WAL position). Nothing it returns holds a secret.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,8 @@ def collect_status(cfg: Config) -> dict[str, Any]:
     finally:
         store.close()
 
+    if cfg.source.mode == "watermark":
+        return _watermark_status(cfg, sink, recorded)
     slot: dict[str, Any]
     server_lsn: Lsn | None = None
     daemon_running: bool | None = None
@@ -103,6 +106,69 @@ def collect_status(cfg: Config) -> dict[str, Any]:
     }
 
 
+def _watermark_status(cfg: Config, sink: DeltaSink, recorded: dict[str, Any]) -> dict[str, Any]:
+    """Watermark mode: no slot; each table's watermark from its newest Delta commit."""
+    replica: dict[str, Any]
+    try:
+        with checks.connect(cfg.source.dsn, connect_timeout=cfg.source.connect_timeout_seconds) as conn:
+            row = conn.execute(
+                "select pg_is_in_recovery(), extract(epoch from now() - pg_last_xact_replay_timestamp()), "
+                "(select count(*) from pg_stat_activity where application_name = 'cdc-replicator watermark' "
+                "and datname = current_database() and pid <> pg_backend_pid())"
+            ).fetchone()
+        assert row is not None
+        replica = {
+            "in_recovery": bool(row[0]),
+            "replica_lag_seconds": None if row[1] is None else round(float(str(row[1])), 3),
+        }
+        running: bool | None = int(str(row[2])) > 0
+    except ReplicatorError as exc:
+        replica = {"state": "unknown", "error": exc.message}
+        running = None
+    now = datetime.now(UTC)
+    tables = []
+    for t in cfg.table_ids:
+        name = str(t)
+        row_: dict[str, Any] = {"table": name, "mode": "watermark"}
+        try:
+            text = sink.latest_metadata(t, "cdc.watermark")
+            commit = sink.last_commit(t)
+            rows = sink.row_count(t)
+        except ReplicatorError as exc:
+            row_.update(state="failed", last_error=f"cannot read the Delta table: {exc.message}")
+            tables.append(row_)
+            continue
+        state = json.loads(text) if text else None
+        saved = recorded.get(name)
+        if commit is None:
+            word = "not loaded"
+        elif saved is not None and saved.state in ("paused", "failed"):
+            word = saved.state
+        else:
+            word = "polling" if running else "stopped"
+        row_.update(
+            state=word,
+            position=None if not state or state.get("read") is None else ",".join(state["read"]),
+            pending_ranges=None if not state else len(state.get("pending", [])),
+            lag_bytes=None,
+            rows=rows,
+            delta_version=None if commit is None else commit[0],
+            last_commit=None if commit is None or commit[1] is None else commit[1].isoformat(),
+            seconds_since_commit=None
+            if commit is None or commit[1] is None
+            else round((now - commit[1]).total_seconds(), 1),
+            last_error=saved.last_error if saved else None,
+        )
+        tables.append(row_)
+    return {
+        "slot": {"name": None, "state": "none (watermark mode)", **replica},
+        "daemon_running": running,
+        "applied_lsn": None,
+        "load_state": None,
+        "tables": tables,
+    }
+
+
 def _lsn(lsn: Lsn | None) -> str | None:
     return None if lsn is None else str(lsn)
 
@@ -128,7 +194,11 @@ def render_status(report: dict[str, Any]) -> str:
     """The human table of ``cdc-replicator status``."""
     slot = report["slot"]
     lines = []
-    head = f"slot {slot['name']}: {slot['state']}"
+    head = f"slot {slot['name']}: {slot['state']}" if slot.get("name") else f"source: {slot['state']}"
+    if slot.get("in_recovery") is not None:
+        head += ", a replica" if slot["in_recovery"] else ", a primary"
+    if slot.get("replica_lag_seconds") is not None:
+        head += f", replay lag {slot['replica_lag_seconds']:.1f}s"
     if slot.get("error"):
         head += f" ({slot['error']})"
     if slot.get("wal_status"):

@@ -6,6 +6,7 @@ to the source's rows (soft-deleted rows excluded), with nothing written on the d
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 from deltalake import DeltaTable
 
 from cdc_replicator.localpg import LocalPostgres
-from tests.support.daemon import Daemon, wait_converged, write_config
+from tests.support.daemon import Daemon, run_cli, wait_converged, write_config
 from tests.support.lake import table_path
 from tests.support.pg import PgDatabase
 from tests.support.wait import wait_until
@@ -83,7 +84,17 @@ def test_catch_up_then_inserts_updates_and_soft_deletes_are_followed(
     assert pg.query("select count(*) from pg_replication_slots")[0][0] == slots_before == 0
     assert pg.query("select count(*) from pg_publication")[0][0] == 0
     assert pg.query("select count(*) from pg_namespace where nspname = 'cdc_replicator'")[0][0] == 0
+
+    status = run_cli(daemon.config, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["slot"]["state"] == "none (watermark mode)" and report["slot"]["in_recovery"] is False
+    (row,) = report["tables"]
+    assert row["mode"] == "watermark" and row["state"] == "polling" and row["position"], row
+    assert row["rows"] == int(pg.query("select count(*) from items where deleted_at is null")[0][0])
     assert daemon.stop() == 0, daemon.output()
+    stopped = json.loads(run_cli(daemon.config, "status", "--json").stdout)
+    assert stopped["tables"][0]["state"] == "stopped"
 
 
 def test_many_rows_sharing_one_cursor_value_are_paged_by_key_without_loss(
