@@ -169,6 +169,10 @@ class WatermarkConfig:
     # value before a poll but wrote it after
     lookback_seconds: float = 0.0
     statement_timeout_seconds: float = 60.0
+    # hard deletes: compare keys between the database and Delta, range by range (0 = never)
+    reconcile_interval_seconds: float = 0.0
+    reconcile_range_rows: int = 50_000  # keys per compared range
+    reconcile_max_rows_per_second: int = 200_000  # rate limit of the key reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,6 +546,9 @@ class _Document:
                 page_size=wm.get("page_size", _positive_int),
                 lookback_seconds=wm.get("lookback_seconds", _nonnegative_float),
                 statement_timeout_seconds=wm.get("statement_timeout_seconds", _positive_float),
+                reconcile_interval_seconds=wm.get("reconcile_interval_seconds", _nonnegative_float),
+                reconcile_range_rows=wm.get("reconcile_range_rows", _positive_int),
+                reconcile_max_rows_per_second=wm.get("reconcile_max_rows_per_second", _positive_int),
             ),
         )
         return cfg

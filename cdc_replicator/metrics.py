@@ -136,6 +136,20 @@ class Metrics:
             registry=r,
         )
 
+        self.reconciled_deletes = Counter(
+            "cdc_reconcile_deletes",
+            "Rows deleted from Delta because the database no longer has their key (reconciliation).",
+            ["table"],
+            registry=r,
+        )
+        self.reconciled_missing = Counter(
+            "cdc_reconcile_missing_rows",
+            "Rows the database has and Delta lacked, found by reconciliation (missed by polling: "
+            "e.g. committed later than the look-back window, or a cursor that did not move).",
+            ["table"],
+            registry=r,
+        )
+
         # ---- snapshot ------------------------------------------------------------------------
         self.snapshot_rows = Counter(
             "cdc_snapshot_rows",

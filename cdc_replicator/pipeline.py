@@ -41,6 +41,7 @@ from cdc_replicator.model import (
     Keepalive,
     KeyRange,
     Lsn,
+    Op,
     RelationChanged,
     RowChange,
     SourceMessage,
@@ -68,6 +69,7 @@ from cdc_replicator.source.watermark import (
     wall,
 )
 from cdc_replicator.state import StateStore, migrations_dir
+from cdc_replicator.typemap import cast_text
 
 __all__ = ["BatchReport", "Replicator"]
 
@@ -546,14 +548,26 @@ class Replicator:
                 self._set_table(t, TableState.STREAMING)
             due = dict.fromkeys(tables, 0.0)
             interval = {tc.name: tc.poll_interval_seconds or wm.poll_interval_seconds for tc in cfg.tables}
+            recon_every = wm.reconcile_interval_seconds
+            recon_due = dict.fromkeys(
+                tables, time.monotonic() + recon_every if recon_every > 0 else float("inf")
+            )
+            recon_from: dict[TableId, tuple[str, ...] | None] = dict.fromkeys(tables)
             while not self._stop.is_set():
                 now = time.monotonic()
                 for t, wt in tables.items():
                     if due[t] <= now and not self._stop.is_set():
                         states[t] = self._poll(source, wt, states[t])
                         due[t] = time.monotonic() + interval[t]
+                    if recon_due[t] <= time.monotonic() and not self._stop.is_set():
+                        # one range per turn, so polls go on between ranges; rate-limited
+                        states[t], recon_from[t], keys = self._reconcile(source, wt, states[t], recon_from[t])
+                        pause = keys / wm.reconcile_max_rows_per_second
+                        recon_due[t] = time.monotonic() + (
+                            pause if recon_from[t] is not None else recon_every
+                        )
                 self._health.beat()
-                wait = min(due.values()) - time.monotonic()
+                wait = min(*due.values(), *recon_due.values()) - time.monotonic()
                 if wait > 0:
                     self._stop.wait(min(wait, 1.0))
         finally:
@@ -664,6 +678,93 @@ class Replicator:
                 late_rows,
             )
         return state
+
+    def _reconcile(
+        self, source: WatermarkSource, wt: WatermarkTable, state: WatermarkState, lo: tuple[str, ...] | None
+    ) -> tuple[WatermarkState, tuple[str, ...] | None, int]:
+        """Compare the keys of one range [lo, next) between the database and Delta and fix Delta.
+
+        Keys Delta has and the database does not (checked again in a fresh snapshot) are deleted;
+        rows the database has and Delta lacks are copied. Returns the new state, where the next
+        range starts (None: the pass is complete) and how many keys were read.
+        """
+        schema = wt.schema
+        table = schema.table
+        size = self._cfg.watermark.reconcile_range_rows
+        keys = source.key_page(wt, lo, size + 1)
+        nxt = keys[size] if len(keys) > size else None
+        keys = keys[:size]
+        key_cols = [c for c in schema.columns if c.is_key]
+        src = pa.table(
+            {
+                c.name: cast_text(pa.array([k[i] for k in keys], pa.string()), c.type_oid, c.type_modifier)
+                for i, c in enumerate(key_cols)
+            }
+        )
+        lake = self._sink.keys_in_range(schema, KeyRange(lo, nxt))
+        lake = lake.cast(src.schema) if lake.schema != src.schema else lake
+        names = list(schema.key)
+        extra = lake.join(src, keys=names, join_type="left anti")
+        missing = src.join(lake, keys=names, join_type="left anti")
+        read = len(keys) + lake.num_rows
+        if extra.num_rows == 0 and missing.num_rows == 0:
+            return state, nxt, read
+        as_text = [
+            tuple(str(v) for v in row)
+            for row in zip(*[pc.cast(extra.column(n), pa.string()).to_pylist() for n in names], strict=True)
+        ]
+        still = source.rows_by_key(wt, as_text) if as_text else None
+        present = (
+            set()
+            if still is None
+            else set(zip(*[still.rows.column(n).to_pylist() for n in names], strict=True))
+        )
+        gone = [k for k in as_text if tuple(v.encode() for v in k) not in present]
+        found = None
+        if missing.num_rows and state.read is not None:
+            # only rows polling has already passed: newer ones are the next poll's
+            wanted = [tuple(str(v) for v in r.values()) for r in missing.to_pylist()]
+            found = source.rows_by_key(wt, wanted, upto=state.read)
+        seq = state.seq + 1
+        new = WatermarkState(state.read, state.pending, seq)
+        at = now_utc()
+        parts = []
+        if found is not None and found.rows.num_rows:
+            rows, _ = page_patch(found, wt, seq=seq, read_at=at)
+            parts.append(rows)
+        if gone:
+            n = len(gone)
+            cols: dict[str, pa.Array] = {}
+            for c in schema.columns:
+                if c.is_key:
+                    cols[c.name] = pa.array([k[names.index(c.name)] for k in gone], pa.string()).cast(
+                        pa.binary()
+                    )
+                else:
+                    cols[c.name] = pa.nulls(n, pa.binary())
+            cols["_cdc_lsn"] = pa.repeat(pa.scalar(seq, pa.int64()), n)
+            cols["_cdc_op"] = pa.repeat(pa.scalar(Op.DELETE.value, pa.string()), n)
+            cols["_cdc_committed_at"] = pa.repeat(pa.scalar(at, pa.timestamp("us", tz="UTC")), n)
+            parts.append(pa.table(cols))
+        if parts:
+            data = pa.concat_tables(parts)
+            patch = TablePatch(schema, data, changes=data.num_rows)
+            meta = {_WATERMARK_KEY: new.to_json(), "cdc.op": "reconcile"}
+            self._sink.apply(patch, TablePosition(Lsn(seq)), metadata=meta)
+            self._record_watermark(table, new)
+            state = new
+        copied = 0 if found is None else found.rows.num_rows
+        if self._metrics is not None:
+            self._metrics.reconciled_deletes.labels(table=str(table)).inc(len(gone))
+            self._metrics.reconciled_missing.labels(table=str(table)).inc(copied)
+        logger.warning(
+            "reconciliation fixed table=%s range_from=%s deleted=%d copied=%d",
+            table,
+            ",".join(lo) if lo else "start",
+            len(gone),
+            copied,
+        )
+        return state, nxt, read
 
     def _after_watermark_commit(
         self, table: TableId, state: WatermarkState, page: Page, result: ApplyResult | None, seconds: float

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from cdc_replicator.errors import SinkError
@@ -42,6 +42,7 @@ from cdc_replicator.sink.plan import (
     target_schema,
     typed_columns,
 )
+from cdc_replicator.typemap import arrow_type
 
 __all__ = ["ApplyResult", "ChunkWritten", "DeltaSink"]
 
@@ -435,6 +436,25 @@ class DeltaSink:
             ]
             found = found.filter(pa.array(mask, pa.bool_()))
         return found
+
+    def keys_in_range(self, schema: TableSchema, key_range: KeyRange) -> pa.Table:
+        """The key columns of the table's rows in ``key_range`` (typed as Delta stores them)."""
+        table = schema.table
+        dt = self._open(table)
+        cols = ", ".join(quote(k) for k in schema.key)
+        if dt is None:
+            return pa.table(
+                {
+                    c.name: pa.array([], arrow_type(c.type_oid, c.type_modifier))
+                    for c in schema.columns
+                    if c.is_key
+                }
+            )
+        where = range_predicate(schema, key_range) or "true"
+        if table in self._soft:  # a row marked deleted is not there any more
+            where = f'({where}) AND ("_cdc_deleted" IS NULL OR NOT "_cdc_deleted")'
+        reader = QueryBuilder().register("t", dt).execute(f"select {cols} from t where {where}")  # noqa: S608
+        return pa.table(reader.read_all())
 
     def latest_metadata(self, table: TableId, key: str, *, depth: int = 200) -> str | None:
         """``key``'s value in the newest of the last ``depth`` commits that carry it (None: none does)."""

@@ -304,6 +304,79 @@ class WatermarkSource:
         except SQLAlchemyError as exc:
             raise SourceError(f"polling {t.schema.table} failed: {exc}", retryable=True) from exc
 
+    def key_page(self, t: WatermarkTable, lo: tuple[str, ...] | None, limit: int) -> list[tuple[str, ...]]:
+        """Up to ``limit`` primary keys (text forms) at or after ``lo``, in key order (reconciliation)."""
+        types = self._types[t.schema.table]
+        key = t.schema.key
+        tbl = sa.table(t.schema.table.name, *[sa.column(c) for c in key], schema=t.schema.table.schema)
+        cols = [tbl.c[k] for k in key]
+        query = sa.select(*[sa.func.format("%s", c).label(c.name) for c in cols]).select_from(tbl)
+        if lo is not None:
+            query = query.where(
+                sa.tuple_(*cols)
+                >= sa.tuple_(
+                    *[
+                        sa.cast(sa.bindparam(f"k{i}", v, type_=sa.Text), _PgType(types[k]))
+                        for i, (k, v) in enumerate(zip(key, lo, strict=True))
+                    ]
+                )
+            )
+        query = query.order_by(*cols).limit(limit)
+        try:
+            with self._connect() as conn:
+                conn.execute(sa.text("set transaction isolation level repeatable read read only"))
+                conn.execute(
+                    sa.select(sa.func.set_config("statement_timeout", str(int(self._timeout * 1000)), True))
+                )
+                rows = conn.execute(query).fetchall()
+                conn.rollback()
+        except DBAPIError as exc:
+            raise classify_error(
+                str(exc.orig or exc), context=f"reading keys of {t.schema.table} failed"
+            ) from exc
+        return [tuple(str(v) for v in r) for r in rows]
+
+    def rows_by_key(
+        self, t: WatermarkTable, keys: Sequence[tuple[str, ...]], *, upto: tuple[str, ...] | None = None
+    ) -> Page:
+        """The current rows with these keys (text forms), as a page (reconciliation: rows Delta lacks).
+
+        ``upto``: only rows at or below this watermark (cursor..., key...).
+        """
+        types = self._types[t.schema.table]
+        key = t.schema.key
+        tbl = sa.table(
+            t.schema.table.name, *[sa.column(c) for c in t.schema.column_names], schema=t.schema.table.schema
+        )
+        wanted = [
+            sa.tuple_(
+                *[
+                    sa.cast(sa.literal(v, sa.Text), _PgType(types[k]))
+                    for k, v in zip(key, values, strict=True)
+                ]
+            )
+            for values in keys
+        ]
+        items = [
+            sa.case((tbl.c[c].is_(None), None), else_=sa.func.format("%s", tbl.c[c])).label(c)
+            for c in t.schema.column_names
+        ]
+        query = sa.select(*items).select_from(tbl).where(sa.tuple_(*[tbl.c[k] for k in key]).in_(wanted))
+        if upto is not None:
+            bound = [
+                sa.cast(sa.literal(v, sa.Text), _PgType(types[c])) for c, v in zip(t.order, upto, strict=True)
+            ]
+            query = query.where(sa.tuple_(*[tbl.c[c] for c in t.order]) <= sa.tuple_(*bound))
+        with self._connect() as conn:
+            rows = conn.execute(query).fetchall()
+            conn.rollback()
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in t.schema.column_names]
+        arrays = {
+            name: pa.array(list(columns[i]), pa.string()).cast(pa.binary())
+            for i, name in enumerate(t.schema.column_names)
+        }
+        return Page(pa.table(arrays), None, True)
+
     def _pages(
         self,
         conn: Connection,

@@ -44,15 +44,11 @@ def _items(pg: PgDatabase, rows: int) -> None:
     )
 
 
-def _config(daemon: Daemon, pg: PgDatabase, lake: Path, **watermark: object) -> None:
-    write_config(
-        daemon.config,
-        pg,
-        lake,
-        [T],
-        source_extra={"mode": "watermark"},
-        table_extra={T: {"cursor": "updated_at", "delete_column": "deleted_at"}},
-    )
+def _config(
+    daemon: Daemon, pg: PgDatabase, lake: Path, *, delete_column: bool = True, **watermark: object
+) -> None:
+    table = {"cursor": "updated_at", **({"delete_column": "deleted_at"} if delete_column else {})}
+    write_config(daemon.config, pg, lake, [T], source_extra={"mode": "watermark"}, table_extra={T: table})
     extra = {"poll_interval_seconds": 0.2, "page_size": 400, **watermark}
     with open(daemon.config, "a") as f:
         f.write("[watermark]\n" + "".join(f"{k} = {v}\n" for k, v in extra.items()))
@@ -253,4 +249,25 @@ def test_on_a_standby_the_daemon_reads_only_the_standby_and_survives_its_restart
     _replayed(pg, standby)
     wait_converged(pg, tmp_lake, [T], daemon=daemon, where=LIVE, timeout=90)
     assert _sessions_of(pg) == 0
+    assert daemon.stop() == 0, daemon.output()
+
+
+def test_reconciliation_finds_hard_deletes_and_rows_polling_missed(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    _items(pg, 2000)
+    _config(
+        daemon, pg, tmp_lake, delete_column=False, reconcile_interval_seconds=0.5, reconcile_range_rows=300
+    )
+    daemon.start()
+    wait_converged(pg, tmp_lake, [T], daemon=daemon)
+    pg.execute("delete from items where id % 13 = 0 or id > 1990")  # hard deletes: no cursor moves
+    # a row whose cursor is far behind the watermark: polling can never see it
+    pg.execute("insert into items (id, v, updated_at) values (9999, 'behind', '2001-01-01')")
+    wait_converged(pg, tmp_lake, [T], daemon=daemon, timeout=90)
+    log = daemon.logs[-1].read_text()
+    assert "reconciliation fixed table=public.items" in log
+    events = [json.loads(line) for line in log.splitlines() if "reconciliation fixed" in line]
+    assert sum(e["deleted"] for e in events) == 163  # every id % 13 = 0, and 1991..2000
+    assert sum(e["copied"] for e in events) == 1
     assert daemon.stop() == 0, daemon.output()
