@@ -88,6 +88,7 @@ class SourceConfig:
     heartbeat: HeartbeatKind = "message"  # pg_logical_emit_message, or an update of cdc_replicator.heartbeat
     slot_check_interval_seconds: float = 15.0  # lag, retained WAL and wal_status of the slot
     max_retained_wal_bytes: int = 4 * 1024 * _MIB  # warn above this; 0 = never warn
+    slot_create_timeout_seconds: float = 300.0  # creating a slot waits for running transactions
 
     def __repr__(self) -> str:
         return (
@@ -98,7 +99,8 @@ class SourceConfig:
             f"retry_max_seconds={self.retry_max_seconds!r}, retry_give_up_seconds={self.retry_give_up_seconds!r}, "
             f"heartbeat_interval_seconds={self.heartbeat_interval_seconds!r}, heartbeat={self.heartbeat!r}, "
             f"slot_check_interval_seconds={self.slot_check_interval_seconds!r}, "
-            f"max_retained_wal_bytes={self.max_retained_wal_bytes!r})"
+            f"max_retained_wal_bytes={self.max_retained_wal_bytes!r}, "
+            f"slot_create_timeout_seconds={self.slot_create_timeout_seconds!r})"
         )
 
 
@@ -512,6 +514,7 @@ class _Document:
                 heartbeat=cast(HeartbeatKind, src.get("heartbeat", _choice(get_args(HeartbeatKind)))),
                 slot_check_interval_seconds=src.get("slot_check_interval_seconds", _positive_float),
                 max_retained_wal_bytes=src.get("max_retained_wal_bytes", _nonnegative_int),
+                slot_create_timeout_seconds=src.get("slot_create_timeout_seconds", _positive_float),
             ),
             target=TargetConfig(
                 uri=tgt.get("uri", _nonempty_str),

@@ -275,7 +275,12 @@ class Replicator:
         src = self._cfg.source
         repl = ReplicationConnection(src.dsn, connect_timeout=src.connect_timeout_seconds)
         try:
-            temp = repl.create_slot(f"{self._slot}_snap_{os.getpid()}", export_snapshot=True, temporary=True)
+            temp = repl.create_slot(
+                f"{self._slot}_snap_{os.getpid()}",
+                export_snapshot=True,
+                temporary=True,
+                timeout=src.slot_create_timeout_seconds,
+            )
             point = temp.consistent_point
             # a load of the same tables cut short keeps its position: the rows it already wrote are older
             recs = [self._state.load(self._slot, s.table) for s in schemas]
@@ -388,7 +393,10 @@ class Replicator:
             if resume and rec is not None and rec.consistent_point is not None:
                 point = rec.consistent_point
                 temp = repl.create_slot(
-                    f"{self._slot}_snap_{os.getpid()}", export_snapshot=True, temporary=True
+                    f"{self._slot}_snap_{os.getpid()}",
+                    export_snapshot=True,
+                    temporary=True,
+                    timeout=src.slot_create_timeout_seconds,
                 )
                 logger.info(
                     "initial load resumed slot=%s position=%s snapshot_at=%s",
@@ -406,7 +414,9 @@ class Replicator:
             else:
                 self._state.begin_load(self._slot, system_id)
                 checks.drop_slot(conn, self._slot)
-                created = repl.create_slot(self._slot, export_snapshot=True)
+                created = repl.create_slot(
+                    self._slot, export_snapshot=True, timeout=src.slot_create_timeout_seconds
+                )
                 point = created.consistent_point
                 self._state.set_consistent_point(self._slot, point)
                 logger.info("replication slot created slot=%s consistent_point=%s", self._slot, point)

@@ -86,6 +86,7 @@ def preflight(
             f"wal_level is {wal_level!r} on the source, logical replication needs 'logical'",
             hint="run: alter system set wal_level = logical; then restart PostgreSQL",
         )
+    standby_checks(conn, version)
     row = conn.execute(
         "select current_user, rolsuper or rolreplication, current_setting('server_encoding') "
         "from pg_roles where rolname = current_user"
@@ -103,6 +104,38 @@ def preflight(
             hint="replicate from a UTF8 database (create database ... encoding 'UTF8')",
         )
     return {t: read_schema(conn, t) for t in tables}
+
+
+MIN_STANDBY_VERSION = 160000
+
+
+def is_standby(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    row = conn.execute("select pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])
+
+
+def standby_checks(conn: psycopg.Connection[tuple[object, ...]], version: int) -> None:
+    """On a physical standby: logical decoding needs 16+ and the primary must keep the catalog rows
+    the slot needs (``hot_standby_feedback``, or a physical slot on the primary for this standby)."""
+    if not is_standby(conn):
+        return
+    if version < MIN_STANDBY_VERSION:
+        raise SourceError(
+            f"the source is a PostgreSQL {version // 10000} standby: logical decoding on a standby needs 16 or newer",
+            hint='point source.dsn at the primary, upgrade to 16+, or use mode = "watermark" on this replica',
+        )
+    row = conn.execute(
+        "select current_setting('hot_standby_feedback')::bool, current_setting('primary_slot_name')"
+    ).fetchone()
+    assert row is not None
+    feedback, primary_slot = bool(row[0]), str(row[1] or "")
+    if not feedback:
+        raise SourceError(
+            "hot_standby_feedback is off on the standby: the primary could remove catalog rows the "
+            "slot still needs, and the slot would be invalidated",
+            hint="on the standby: alter system set hot_standby_feedback = on; select pg_reload_conf();"
+            + (" (a physical slot on the primary is set too: keep it)" if primary_slot else ""),
+        )
 
 
 def read_schema(conn: psycopg.Connection[tuple[object, ...]], table: TableId) -> TableSchema:
@@ -162,6 +195,14 @@ def ensure_publication(
         (name,),
     ).fetchone()
     targets = sql.SQL(", ").join(_fqn(t) for t in tables)
+    if row is None and is_standby(conn):
+        stmt = sql.SQL("create publication {} for table {} with (publish_via_partition_root = true)").format(
+            sql.Identifier(name), targets
+        )
+        raise SourceError(
+            f"publication {name!r} does not exist, and a standby cannot create it",
+            hint=f"create it on the primary (it reaches the standby by replication): {stmt.as_string(conn)};",
+        )
     if row is None:
         stmt = sql.SQL("create publication {} for table {} with (publish_via_partition_root = true)").format(
             sql.Identifier(name), targets

@@ -172,6 +172,45 @@ class ReplicationConnection:
             raise classify_error(msg, context=f"replication command {sql.split()[0]} failed")
         return res
 
+    def _command_within(self, sql: str, timeout: float, *, waiting_for: str) -> pq.abc.PGresult:
+        """``_command``, but cancelled after ``timeout`` seconds (libpq's async API and a cancel)."""
+        conn = self._pgconn
+        try:
+            conn.send_query(sql.encode())
+        except psycopg.OperationalError as exc:
+            raise classify_error(str(exc), context=f"{sql.split()[0]} failed") from exc
+        deadline = time.monotonic() + timeout
+        while conn.is_busy():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                conn.get_cancel().cancel()
+                while conn.get_result() is not None:
+                    pass
+                in_recovery = conn.parameter_status(b"in_hot_standby") == b"on"
+                raise SourceError(
+                    f"gave up waiting for {waiting_for} after {timeout:.0f}s",
+                    hint=(
+                        "a standby creates a slot only after a running-transactions record arrives from the "
+                        "primary, which an idle primary may not write for a long time: run on the primary: "
+                        "select pg_log_standby_snapshot();  then start again"
+                        if in_recovery
+                        else "slot creation waits for the transactions running on the server to end: look for "
+                        "long ones in pg_stat_activity (state 'idle in transaction'), then start again"
+                    ),
+                    retryable=False,
+                )
+            select.select([conn.socket], [], [], min(left, 1.0))
+            conn.consume_input()
+        res = conn.get_result()
+        while conn.get_result() is not None:
+            pass
+        if res is None or res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+            msg = ((res.error_message if res is not None else b"") or conn.error_message).decode(
+                errors="replace"
+            )
+            raise classify_error(msg, context=f"replication command {sql.split()[0]} failed")
+        return res
+
     @staticmethod
     def _text(res: pq.abc.PGresult, row: int, col: int) -> str | None:
         v = res.get_value(row, col)
@@ -186,17 +225,21 @@ class ReplicationConnection:
             dbname=self._text(res, 0, 3),
         )
 
-    def create_slot(self, name: str, *, export_snapshot: bool, temporary: bool = False) -> CreatedSlot:
+    def create_slot(
+        self, name: str, *, export_snapshot: bool, temporary: bool = False, timeout: float = 300.0
+    ) -> CreatedSlot:
         """Create a pgoutput slot; with ``export_snapshot`` the snapshot lives until the next command.
 
         A ``temporary`` slot disappears with this connection: it is how a snapshot whose position
         is known exactly (its consistent point) is had without touching the daemon's slot.
+        Creation waits until the transactions running on the server have ended (on a standby: for
+        a running-transactions record from the primary); past ``timeout`` seconds it is cancelled
+        with an error that says what it waits for.
         """
         snap = "export" if export_snapshot else "nothing"
         temp = " TEMPORARY" if temporary else ""
-        res = self._command(
-            f"CREATE_REPLICATION_SLOT {quote_ident(name)}{temp} LOGICAL pgoutput (SNAPSHOT '{snap}')"
-        )
+        command = f"CREATE_REPLICATION_SLOT {quote_ident(name)}{temp} LOGICAL pgoutput (SNAPSHOT '{snap}')"
+        res = self._command_within(command, timeout, waiting_for=f"replication slot {name!r} to be created")
         return CreatedSlot(
             name=self._text(res, 0, 0) or name,
             consistent_point=Lsn.parse(self._text(res, 0, 1) or "0/0"),

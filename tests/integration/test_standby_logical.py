@@ -1,0 +1,196 @@
+"""Logical decoding on a PostgreSQL 16 physical standby: the daemon never connects to the primary.
+
+A module-wide pair: a PostgreSQL 16 primary (the pgserver wheel's binaries, whatever
+$CDC_TEST_PG_VERSIONS says: this needs 16) and a streaming standby made with ``pg_basebackup -R``
+and ``hot_standby_feedback = on``. The workload writes to the primary; the daemon reads the standby.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cdc_replicator.localpg import LocalPostgres, find_binaries
+from tests.support.daemon import Daemon, run_cli, wait_converged, write_config
+from tests.support.pg import PgDatabase, create_test_database, drop_test_database
+from tests.support.wait import wait_until
+from tests.support.workload import TABLES, Workload, create_schema
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[tuple[LocalPostgres, LocalPostgres]]:
+    binaries = find_binaries(16)
+    with LocalPostgres(binaries, fast=True) as primary:
+        standby = LocalPostgres(binaries, fast=True, settings={"hot_standby_feedback": "on"})
+        try:
+            standby.start_standby(primary)
+            yield primary, standby
+        finally:
+            standby.cleanup()
+
+
+@pytest.fixture
+def primary_db(
+    pair: tuple[LocalPostgres, LocalPostgres], request: pytest.FixtureRequest
+) -> Iterator[PgDatabase]:
+    db = create_test_database(pair[0], request.node.name)
+    yield db
+    _drop_standby_slots(pair[1], db.name)
+    drop_test_database(db)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path / "cfg.toml", tmp_path)
+    yield d
+    d.close()
+
+
+def _drop_standby_slots(standby: LocalPostgres, dbname: str) -> None:
+    with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+        for (slot,) in conn.execute(
+            "select slot_name from pg_replication_slots where database = %s", (dbname,)
+        ).fetchall():
+            conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+
+
+def _replica(primary_db: PgDatabase, standby: LocalPostgres) -> PgDatabase:
+    target = str(primary_db.query("select pg_current_wal_lsn()::text")[0][0])
+    replica = PgDatabase(name=primary_db.name, dsn=standby.dsn(primary_db.name), cluster=standby)
+    wait_until(
+        lambda: replica.query("select pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,))[0][0],
+        timeout=30,
+        message="the standby did not replay the primary's writes",
+    )
+    return replica
+
+
+def _publish(db: PgDatabase, tables: list[str], name: str = "cdc_test") -> None:
+    listed = ", ".join(tables)
+    db.execute(f"create publication {name} for table {listed} with (publish_via_partition_root = true)")
+
+
+def _sessions(db: PgDatabase) -> int:
+    """Sessions (walsenders included) of cdc-replicator on ``db``'s server."""
+    return int(
+        db.query("select count(*) from pg_stat_activity where application_name like 'cdc-replicator%%'")[0][0]
+    )
+
+
+class Nudger:
+    """Calls pg_log_standby_snapshot() on the primary every second, as the README advises for an
+    idle primary, so that slot creation on the standby does not wait up to 15 s each time."""
+
+    def __init__(self, primary: LocalPostgres) -> None:
+        self._dsn = primary.dsn()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Nudger:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            while not self._stop.wait(1.0):
+                conn.execute("select pg_log_standby_snapshot()")
+
+
+def test_logical_decoding_on_the_standby_converges_under_the_randomized_workload_and_kill_9(
+    pair: tuple[LocalPostgres, LocalPostgres], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    primary, standby = pair
+    create_schema(primary_db, rows=150, seed=5)
+    _publish(primary_db, TABLES)
+    replica = _replica(primary_db, standby)
+    write_config(daemon.config, replica, tmp_lake, TABLES, source_extra={"slot_create_timeout_seconds": 60})
+    with Nudger(primary):
+        daemon.start()
+        wait_converged(primary_db, tmp_lake, TABLES, daemon=daemon, timeout=120)
+        # the slot lives on the standby; the daemon holds no session on the primary
+        assert (
+            replica.query("select count(*) from pg_replication_slots where slot_name = 'cdc_test'")[0][0] == 1
+        )
+        assert (
+            primary_db.query("select count(*) from pg_replication_slots where slot_name = 'cdc_test'")[0][0]
+            == 0
+        )
+        assert _sessions(primary_db) == 0
+
+        w = Workload(primary_db, seed=21)
+        writer = threading.Thread(target=lambda: w.run(400, concurrency=3), daemon=True)
+        writer.start()
+        for delay in (1.0, 1.7):
+            time.sleep(delay)
+            daemon.kill()
+            daemon.start()
+        writer.join(timeout=180)
+        assert not writer.is_alive()
+        w.large_transaction(6000)
+        wait_converged(primary_db, tmp_lake, TABLES, daemon=daemon, timeout=180)
+        assert _sessions(primary_db) == 0
+    assert daemon.stop() == 0, daemon.output()
+
+
+def test_on_a_standby_a_missing_publication_and_feedback_off_are_clear_errors(
+    pair: tuple[LocalPostgres, LocalPostgres], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    _primary, standby = pair
+    primary_db.execute("create table t (id int primary key, v text)")
+    replica = _replica(primary_db, standby)
+    write_config(daemon.config, replica, tmp_lake, ["public.t"])
+
+    missing = run_cli(daemon.config, "run")
+    assert missing.returncode == 3, missing.stderr
+    assert "does not exist, and a standby cannot create it" in missing.stderr
+    assert "create publication" in missing.stderr and "on the primary" in missing.stderr
+
+    _publish(primary_db, ["public.t"])
+    _replica(primary_db, standby)
+    with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+        conn.execute("alter system set hot_standby_feedback = off")
+        conn.execute("select pg_reload_conf()")
+    try:
+        wait_until(
+            lambda: replica.query("show hot_standby_feedback")[0][0] == "off", timeout=10, message="no reload"
+        )
+        off = run_cli(daemon.config, "run")
+        assert off.returncode == 3, off.stderr
+        assert (
+            "hot_standby_feedback is off" in off.stderr
+            and "alter system set hot_standby_feedback = on" in off.stderr
+        )
+    finally:
+        with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+            conn.execute("alter system reset hot_standby_feedback")
+            conn.execute("select pg_reload_conf()")
+
+
+def test_slot_creation_on_a_standby_of_an_idle_primary_times_out_naming_the_fix(
+    pair: tuple[LocalPostgres, LocalPostgres], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    _primary, standby = pair
+    primary_db.execute("create table t (id int primary key, v text)")
+    _publish(primary_db, ["public.t"])
+    # a running-transactions record now; the primary's next one is >= 15 s away (bgwriter)
+    primary_db.execute("select pg_log_standby_snapshot()")
+    replica = _replica(primary_db, standby)
+    time.sleep(0.5)
+    write_config(
+        daemon.config, replica, tmp_lake, ["public.t"], source_extra={"slot_create_timeout_seconds": 3}
+    )
+    started = time.monotonic()
+    result = run_cli(daemon.config, "run", timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "gave up waiting for replication slot 'cdc_test' to be created after 3s" in result.stderr
+    assert "select pg_log_standby_snapshot();" in result.stderr
+    assert time.monotonic() - started < 30
