@@ -939,6 +939,7 @@ class _SlotWatch:
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._over_limit_logged = 0.0
+        self._standby_warned = False
         if metrics is not None:
             metrics.slot_max_retained_wal.set(config.source.max_retained_wal_bytes)
 
@@ -1029,6 +1030,15 @@ class _SlotWatch:
             )
 
     def _heartbeat(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        if checks.is_standby(conn):
+            # a standby is read-only, and the daemon never connects to the primary
+            if not self._standby_warned:
+                self._standby_warned = True
+                logger.warning(
+                    "source.heartbeat_interval_seconds is set but the source is a standby: heartbeats are "
+                    "skipped (the slot follows the primary's WAL through the idle confirm)"
+                )
+            return
         if self._src.heartbeat == "table":
             objects.heartbeat_table(conn)
             logger.debug("heartbeat written table=cdc_replicator.heartbeat")
