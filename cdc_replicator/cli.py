@@ -78,9 +78,14 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> 
 
 
 @cli.command()
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Watermark mode: poll every table until it has nothing new, then exit (a catch-up, e.g. from cron).",
+)
 @click.pass_context
 @_errors_to_exit
-def run(ctx: click.Context) -> None:
+def run(ctx: click.Context, once: bool) -> None:
     """Stream changes into Delta (loading every table first on the first run)."""
     from cdc_replicator.daemon import SystemdNotifier, install_signal_handlers
     from cdc_replicator.health import HealthState, Phase
@@ -114,7 +119,7 @@ def run(ctx: click.Context) -> None:
     notifier.start_watchdog(health.alive)
     rep = Replicator(cfg, stop=stop, health=health, metrics=metrics)
     try:
-        rep.run()
+        rep.run(once=once)
     finally:
         rep.close()
         notifier.close()

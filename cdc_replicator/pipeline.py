@@ -114,6 +114,7 @@ class Replicator:
         self._on_batch = on_batch
         self._health = health or HealthState(config.table_ids)
         self._metrics = metrics
+        self._once = False
         self._slot = config.source.slot
         self._tables = config.table_ids
         self._sink = DeltaSink(
@@ -130,8 +131,17 @@ class Replicator:
 
     # ---- entry points ----------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Stream until stopped; retry what can be retried, with backoff; raise what cannot."""
+    def run(self, *, once: bool = False) -> None:
+        """Stream until stopped; retry what can be retried, with backoff; raise what cannot.
+
+        ``once`` (watermark mode): poll every table until it has nothing new, then return.
+        """
+        if once and self._cfg.source.mode != "watermark":
+            raise ConfigError(
+                'run --once is for source.mode = "watermark"',
+                hint="in logical mode the stream never ends: stop the daemon with SIGTERM",
+            )
+        self._once = once
         give_up = self._cfg.source.retry_give_up_seconds
         retrying = Retrying(
             retry=retry_if_exception(lambda e: isinstance(e, ReplicatorError) and e.retryable),
@@ -563,6 +573,12 @@ class Replicator:
                 tables, time.monotonic() + recon_every if recon_every > 0 else float("inf")
             )
             recon_from: dict[TableId, tuple[str, ...] | None] = dict.fromkeys(tables)
+            if self._once:
+                for t, wt in tables.items():
+                    if not self._stop.is_set():
+                        states[t] = self._poll(source, wt, states[t])
+                logger.info("watermark catch-up done tables=%d (run --once)", len(tables))
+                return
             while not self._stop.is_set():
                 now = time.monotonic()
                 for t, wt in tables.items():
