@@ -91,6 +91,7 @@ TOOL_PSQL = "copy psql>/dev/null"
 TOOL_PSYCOPG = "copy psycopg read"
 TOOL_CDC = "cdc-replicator"
 TOOL_DLT = "dlt"
+TOOL_WATERMARK = "cdc-replicator watermark"  # run --once catch-up in watermark mode (wide table only)
 
 PACKAGES = (
     "cdc-replicator",
@@ -376,7 +377,24 @@ def run_cdc_snapshot(
     )
 
 
-def cdc_config(dsn: str, rundir: Path, tables: Sequence[str]) -> str:
+def run_cdc_watermark(dsn: str, table: SourceTable, attempt: int, workdir: Path, opts: Options) -> ToolRun:
+    """``cdc-replicator run --once`` in watermark mode (cursor = the key): a catch-up from empty."""
+    rundir = workdir / f"wm-{table.name}-{attempt}"
+    (rundir / "state").mkdir(parents=True)
+    config = rundir / "config.toml"
+    config.write_text(cdc_config(dsn, rundir, [table.name], watermark_cursor="id"))
+    argv = [sys.executable, "-m", "cdc_replicator", "--config", str(config), "run", "--once"]
+    m = run_measured(argv, env=clean_env(), timeout=opts.timeout, cwd=rundir)
+    if not m.ok:
+        return _run_from(table, TOOL_WATERMARK, attempt, m, rows_out=None)
+    schema, _, name = table.name.partition(".")
+    rows, problem = delta_count(rundir / "lake" / schema / name)
+    return _run_from(
+        table, TOOL_WATERMARK, attempt, m, rows_out=rows, detail=problem or "cursor id, pages 10000"
+    )
+
+
+def cdc_config(dsn: str, rundir: Path, tables: Sequence[str], *, watermark_cursor: str | None = None) -> str:
     def q(value: str) -> str:
         return json.dumps(value)  # a JSON string is a valid TOML basic string
 
@@ -385,13 +403,17 @@ def cdc_config(dsn: str, rundir: Path, tables: Sequence[str]) -> str:
         f"dsn = {q(dsn)}",
         f"slot = {q(SLOT)}",
         f"publication = {q(PUBLICATION)}",
+        *([f"mode = {q('watermark')}"] if watermark_cursor else []),
         "",
         "[target]",
         f"uri = {q(str(rundir / 'lake'))}",
         "",
     ]
     for name in tables:
-        lines += ["[[tables]]", f"name = {q(name)}", ""]
+        lines += ["[[tables]]", f"name = {q(name)}"]
+        if watermark_cursor:
+            lines.append(f"cursor = {q(watermark_cursor)}")
+        lines.append("")
     lines += [
         "[state]",
         f"url = {q('sqlite:///' + str(rundir / 'state' / 'cdc.db'))}",
@@ -485,8 +507,10 @@ def measure_all(
     runs: list[ToolRun] = []
     for table in tables:
         for attempt in range(1, opts.repeat + 1):
-            for tool in (TOOL_PSQL, TOOL_PSYCOPG, TOOL_CDC, TOOL_DLT):
+            for tool in (TOOL_PSQL, TOOL_PSYCOPG, TOOL_CDC, TOOL_WATERMARK, TOOL_DLT):
                 if tool == TOOL_DLT and not dlt.available:
+                    continue
+                if tool == TOOL_WATERMARK and table.name != WIDE:
                     continue
                 if tool == TOOL_PSQL:
                     run = run_psql_copy(cluster, table, attempt, opts.timeout)
@@ -494,6 +518,8 @@ def measure_all(
                     run = run_psycopg_copy(dsn, table, attempt, opts.timeout)
                 elif tool == TOOL_CDC:
                     run = run_cdc_snapshot(dsn, table, attempt, workdir, cli, opts)
+                elif tool == TOOL_WATERMARK:
+                    run = run_cdc_watermark(dsn, table, attempt, workdir, opts)
                 else:
                     run = run_dlt(dsn, table, attempt, workdir, opts.timeout)
                 _progress(table, run)
@@ -622,6 +648,15 @@ def evaluate(
                 f"{cdc.peak_rss_mb:.0f} MiB",
             )
         )
+        wm = by_key.get((name, TOOL_WATERMARK))
+        if wm is not None:
+            checks.append(
+                Check(
+                    f"watermark catch-up row count on {name} equals source",
+                    "PASS" if wm.rows_out == table.rows else "FAIL",
+                    wm.detail if wm.rows_out is None else f"delta {wm.rows_out:,} vs source {table.rows:,}",
+                )
+            )
     return checks
 
 
