@@ -61,13 +61,14 @@ def _drop_standby_slots(standby: LocalPostgres, dbname: str) -> None:
 
 def _replica(primary_db: PgDatabase, standby: LocalPostgres) -> PgDatabase:
     target = str(primary_db.query("select pg_current_wal_lsn()::text")[0][0])
-    replica = PgDatabase(name=primary_db.name, dsn=standby.dsn(primary_db.name), cluster=standby)
+    # asked on the standby's postgres database: the test database may not be replayed yet
+    server = PgDatabase(name="postgres", dsn=standby.dsn(), cluster=standby)
     wait_until(
-        lambda: replica.query("select pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,))[0][0],
+        lambda: server.query("select pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,))[0][0],
         timeout=30,
         message="the standby did not replay the primary's writes",
     )
-    return replica
+    return PgDatabase(name=primary_db.name, dsn=standby.dsn(primary_db.name), cluster=standby)
 
 
 def _publish(db: PgDatabase, tables: list[str], name: str = "cdc_test") -> None:
@@ -194,3 +195,49 @@ def test_slot_creation_on_a_standby_of_an_idle_primary_times_out_naming_the_fix(
     assert "gave up waiting for replication slot 'cdc_test' to be created after 3s" in result.stderr
     assert "select pg_log_standby_snapshot();" in result.stderr
     assert time.monotonic() - started < 30
+
+
+def test_a_slot_the_standby_invalidates_is_a_fatal_error_naming_the_re_sync(
+    pair: tuple[LocalPostgres, LocalPostgres], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    primary, standby = pair
+    primary_db.execute("create table t (id int primary key, v text)")
+    primary_db.execute("insert into t select g, 'v' from generate_series(1, 100) g")
+    _publish(primary_db, ["public.t"])
+    replica = _replica(primary_db, standby)
+    write_config(
+        daemon.config, replica, tmp_lake, ["public.t"], source_extra={"slot_create_timeout_seconds": 60}
+    )
+    with Nudger(primary):
+        daemon.start()
+        wait_converged(primary_db, tmp_lake, ["public.t"], daemon=daemon)
+    assert daemon.stop() == 0, daemon.output()
+
+    # the standby may keep only 1 MB of WAL for slots; the primary writes far more meanwhile
+    with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+        conn.execute("alter system set max_slot_wal_keep_size = '1MB'")
+        conn.execute("select pg_reload_conf()")
+    try:
+        for _ in range(3):
+            primary_db.execute("insert into t select g, repeat('x', 500) from generate_series(1000, 20000) g")
+            primary_db.execute("delete from t where id >= 1000")
+            primary_db.execute("select pg_switch_wal()")
+        primary_db.execute("checkpoint")
+        _replica(primary_db, standby)
+
+        def lost() -> bool:
+            with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+                conn.execute("checkpoint")  # a restartpoint removes the old WAL and invalidates the slot
+                row = conn.execute(
+                    "select wal_status from pg_replication_slots where slot_name = 'cdc_test'"
+                ).fetchone()
+            return row is not None and row[0] == "lost"
+
+        wait_until(lost, timeout=60, message="the standby never invalidated the slot")
+        result = run_cli(daemon.config, "run", timeout=60)
+        assert result.returncode == 4, result.stderr
+        assert "invalidated" in result.stderr and "snapshot" in result.stderr, result.stderr
+    finally:
+        with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+            conn.execute("alter system reset max_slot_wal_keep_size")
+            conn.execute("select pg_reload_conf()")
