@@ -218,6 +218,9 @@ class Replicator:
                 f"config: {', '.join(unknown)} is not a configured table",
                 hint="add it to [[tables]] first (the daemon must know the tables it streams)",
             )
+        if src.mode == "watermark":
+            self._watermark_resync(wanted)
+            return []
         with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
             schemas = checks.preflight(conn, self._tables)
             checks.ensure_publication(conn, src.publication, self._tables)
@@ -600,6 +603,36 @@ class Replicator:
             self._health.set_connected(False)
             source.close()
         logger.info("watermark polling stopped")
+
+    def _watermark_resync(self, tables: Sequence[TableId]) -> None:
+        """Watermark mode re-sync: empty the tables' Delta tables and their watermarks, then catch up.
+
+        Stop the daemon first: its next poll would otherwise continue from its own state.
+        """
+        cfg = self._cfg
+        source = WatermarkSource(
+            cfg.source.dsn,
+            connect_timeout=cfg.source.connect_timeout_seconds,
+            statement_timeout=cfg.watermark.statement_timeout_seconds,
+        )
+        try:
+            for tc in cfg.tables:
+                if tc.name not in tables:
+                    continue
+                schema = source.describe(tc.name, tc.cursor, tc.delete_column)
+                self._sink.begin_load(schema, fresh=True)
+                wt = WatermarkTable(
+                    schema,
+                    tc.cursor,
+                    tc.delete_column,
+                    tc.page_size or cfg.watermark.page_size,
+                    tc.soft_delete,
+                )
+                logger.info("watermark re-sync table=%s", tc.name)
+                state = self._poll(source, wt, WatermarkState())
+                logger.info("watermark re-sync done table=%s read=%s", tc.name, ",".join(state.read or ()))
+        finally:
+            source.close()
 
     def _watermark_state(self, wt: WatermarkTable) -> WatermarkState:
         """The table's state from its newest Delta commit (or the state store's copy); create the table."""
