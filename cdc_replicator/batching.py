@@ -213,6 +213,11 @@ class Batcher:
         """Nothing is open and nothing is waiting to be applied."""
         return self._txn is None and self._end is None and not self._buffers
 
+    @property
+    def last_end(self) -> Lsn:
+        """End LSN of the last complete transaction seen (everything before it has been added)."""
+        return self._last_end
+
     def schema(self, table: TableId) -> TableSchema | None:
         return self._schemas.get(table)
 
@@ -267,8 +272,7 @@ class Batcher:
                 buf.changes += 1
             return None
         if isinstance(event, RelationChanged):
-            self._relation(event)
-            return None
+            return self._relation(event)
         if isinstance(event, ResyncCleanup):
             self._require_txn("re-sync cleanup")
             self._buffer(event.table).cleanup_below = event.below.value
@@ -298,18 +302,25 @@ class Batcher:
             raise DecodeError(f"{what} outside a transaction")
         return self._txn
 
-    def _relation(self, event: RelationChanged) -> None:
+    def _relation(self, event: RelationChanged) -> ChangeBatch | None:
+        """A table's layout changes: the rows buffered in the old layout are closed into a batch
+        first (cut inside the open transaction when there is one), so no batch mixes layouts."""
         schema = event.schema
         old = self._schemas.get(schema.table)
         buf = self._buffers.get(schema.table)
-        if buf is not None and buf.ops and old is not None and old.columns != schema.columns:
-            raise DecodeError(
-                f"the columns of {schema.table} changed inside a batch",
-                hint="schema changes are handled at batch boundaries; restart resumes safely",
-            )
+        batch = None
+        if (
+            buf is not None
+            and (buf.ops or buf.truncate)
+            and old is not None
+            and old.columns != schema.columns
+        ):
+            batch = self._cut(self._txn) if self._txn is not None else self._close()
         self._schemas[schema.table] = schema
+        buf = self._buffers.get(schema.table)
         if buf is not None:
             buf.schema = schema
+        return batch
 
     def _buffer(self, table: TableId) -> _TableBuffer:
         buf = self._buffers.get(table)

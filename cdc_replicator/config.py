@@ -63,6 +63,7 @@ _RESERVED_ENV: Final = frozenset({"CDC_REPLICATOR_CONFIG"})
 
 SourceMode = Literal["logical", "watermark"]
 HeartbeatKind = Literal["message", "table"]
+ContractName = Literal["evolve", "freeze"]
 LogFormat = Literal["auto", "text", "json"]
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _MIB: Final = 1024 * 1024
@@ -137,6 +138,7 @@ class TableConfig:
 
     name: TableId
     soft_delete: bool = False
+    contract: ContractName = "evolve"  # what a schema change may do: evolve follows it, freeze pauses
     cursor: tuple[str, ...] = ()
     delete_column: str = ""
     poll_interval_seconds: float = 0.0
@@ -584,6 +586,7 @@ class _Document:
                 TableConfig(
                     name=name,
                     soft_delete=entry.get("soft_delete", _bool),
+                    contract=cast(ContractName, entry.get("contract", _choice(get_args(ContractName)))),
                     cursor=cursor,
                     delete_column=entry.get("delete_column", _pg_name)
                     if "delete_column" in entry.values

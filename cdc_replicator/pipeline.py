@@ -30,7 +30,7 @@ from cdc_replicator import failpoints
 from cdc_replicator.batching import Batcher, BatchLimits
 from cdc_replicator.checkpoint import Recorded, SlotState, StartKind, StartPlan, plan_start
 from cdc_replicator.config import Config, redact_dsn
-from cdc_replicator.errors import ConfigError, ContractViolation, ReplicatorError, SourceError
+from cdc_replicator.errors import ConfigError, ReplicatorError, SourceError
 from cdc_replicator.health import HealthState, Phase, TableState
 from cdc_replicator.loader import Loader, LoadInterrupted, LoadResult, ProgressSink
 from cdc_replicator.metrics import WAL_STATUSES, Metrics
@@ -52,6 +52,7 @@ from cdc_replicator.model import (
     Truncate,
 )
 from cdc_replicator.resync import Resyncer, request_resync
+from cdc_replicator.schema import decide, schema_from_json, schema_to_json
 from cdc_replicator.sink.delta import ApplyResult, DeltaSink
 from cdc_replicator.source import checks, objects
 from cdc_replicator.source.logical import LogicalSource
@@ -115,6 +116,8 @@ class Replicator:
         self._health = health or HealthState(config.table_ids)
         self._metrics = metrics
         self._once = False
+        self._applied: dict[TableId, TableSchema] = {}  # the layout each Delta table holds
+        self._paused: dict[TableId, tuple[Lsn, str]] = {}  # table -> (confirm cap, reason)
         self._slot = config.source.slot
         self._tables = config.table_ids
         self._sink = DeltaSink(
@@ -310,9 +313,11 @@ class Replicator:
                 point,
                 position,
             )
-            return self._loader(parallel, progress).run(
+            results = self._loader(parallel, progress).run(
                 schemas, position=position, snapshot=temp.snapshot_name, snapshot_lsn=point, fresh=fresh
             )
+            self._record_loaded(schemas, point)
+            return results
         finally:
             repl.close()
 
@@ -441,11 +446,21 @@ class Replicator:
             repl.close()
         for r in results:
             logger.info("initial load done table=%s rows=%d chunks=%d", r.table, r.rows, r.chunks)
+        self._record_loaded(ordered, point)
         self._state.finish_load(self._slot, point)
         return point, results
 
+    def _record_loaded(self, schemas: Sequence[TableSchema], at: Lsn) -> None:
+        """A load wrote each table in its catalog layout: that is what the stream compares with now."""
+        for s in schemas:
+            self._state.record_schema(
+                self._slot, s.table, decision="load", lsn=at, new_schema=schema_to_json(s)
+            )
+
     def _stream(self, schemas: Mapping[TableId, TableSchema], start: Lsn) -> None:
         src = self._cfg.source
+        self._paused.clear()  # decided again as the stream replays (a contract may have changed)
+        self._load_applied_schemas(schemas)
         positions: dict[TableId, TablePosition] = {}
         for t in self._tables:
             p = self._sink.position(t)
@@ -507,16 +522,15 @@ class Replicator:
                     if batch is not None:
                         confirmed = self._apply(batch, source, confirmed, resync)
                         batch = None
-                    if batcher.idle and ev.wal_end > confirmed:
+                    if batcher.idle and self._confirmable(ev.wal_end) > confirmed:
                         # everything sent before the keepalive is applied: let the slot move on
-                        self._state.record_applied(self._slot, ev.wal_end)
-                        source.confirm(ev.wal_end)
-                        confirmed = ev.wal_end
+                        confirmed = self._confirmable(ev.wal_end)
+                        self._state.record_applied(self._slot, confirmed)
+                        source.confirm(confirmed)
                         if self._metrics is not None:
                             self._metrics.confirmed_lsn.set(confirmed.value)
                 elif isinstance(ev, RelationChanged):
-                    self._check_relation(ev, schemas)
-                    batcher.add(ev)
+                    confirmed = self._on_relation(ev, batcher, source, confirmed, resync, txn_commit)
                 elif isinstance(ev, SourceMessage):
                     for injected in resync.on_message(ev, txn_commit):
                         done = batcher.add(injected)
@@ -526,7 +540,14 @@ class Replicator:
                     if isinstance(ev, Begin):
                         txn_commit = ev.commit_lsn
                         health.txn_received(ev.commit_time)
-                    elif isinstance(ev, RowChange | Truncate):
+                    elif isinstance(ev, RowChange) and ev.table in self._paused:
+                        continue  # held back: the slot keeps it until the table resumes
+                    elif isinstance(ev, Truncate) and self._paused.keys() & set(ev.tables):
+                        kept = tuple(t for t in ev.tables if t not in self._paused)
+                        if not kept:
+                            continue
+                        ev = Truncate(kept, ev.seq)
+                    if isinstance(ev, RowChange | Truncate):
                         resync.on_change(ev)
                     batch = batcher.add(ev)
                 if batch is not None:
@@ -852,19 +873,94 @@ class Replicator:
         except Exception as exc:
             logger.warning("could not record the watermark of %s: %s", table, exc)
 
-    def _check_relation(self, ev: RelationChanged, schemas: Mapping[TableId, TableSchema]) -> None:
-        want = schemas.get(ev.schema.table)
-        got = ev.schema
-        if want is None:
-            return
-        old = [(c.name, c.type_oid, c.type_modifier) for c in want.columns]
-        new = [(c.name, c.type_oid, c.type_modifier) for c in got.columns]
-        if old != new:
-            raise ContractViolation(
-                f"the columns of {got.table} changed in the stream: {old} -> {new}; "
-                "schema evolution is not supported yet",
-                hint="re-sync after the change: cdc-replicator --config FILE snapshot",
+    # ---- schema changes and contracts ---------------------------------------------------------
+
+    def _confirmable(self, lsn: Lsn) -> Lsn:
+        """``lsn``, or less: never past the point where a paused table stopped taking changes."""
+        caps = [cap for cap, _reason in self._paused.values()]
+        return min([lsn, *caps])
+
+    def _load_applied_schemas(self, schemas: Mapping[TableId, TableSchema]) -> None:
+        """The layout each Delta table holds: the schema history's, else the catalog's (recorded)."""
+        for t, schema in schemas.items():
+            saved = self._state.applied_schema(self._slot, t)
+            if saved is None:
+                self._state.record_schema(self._slot, t, decision="load", new_schema=schema_to_json(schema))
+                self._applied[t] = schema
+            else:
+                self._applied[t] = schema_from_json(saved)
+
+    def _on_relation(
+        self,
+        ev: RelationChanged,
+        batcher: Batcher,
+        source: LogicalSource,
+        confirmed: Lsn,
+        resync: Resyncer,
+        txn_commit: Lsn,
+    ) -> Lsn:
+        """A table's layout in the stream: follow it, or pause the table, as its contract says."""
+        table, new = ev.schema.table, ev.schema
+        if table not in self._tables or table in self._paused:
+            return confirmed
+        old = self._applied.get(table)
+        held = self._sink.position(table)
+        if old is None or (held is not None and held.holds(txn_commit, 0)):
+            # a transaction the table already holds (a replay after a restart or a re-sync)
+            self._applied[table] = new
+            batch = batcher.add(ev)
+            return confirmed if batch is None else self._apply(batch, source, confirmed, resync)
+        contract = self._cfg.table(table).contract
+        decision = decide(contract, old, new)
+        if decision.action == "pause":
+            cap = batcher.last_end
+            self._paused[table] = (cap, decision.reason)
+            reason = f"schema change at {txn_commit}: {decision.summary} ({decision.reason})"
+            logger.error(
+                "table paused table=%s lsn=%s contract=%s changes=[%s]: %s; its changes are held back "
+                "(nothing is lost: the slot keeps them from %s)",
+                table,
+                txn_commit,
+                contract,
+                decision.summary,
+                decision.reason,
+                cap,
             )
+            self._set_table(table, TableState.PAUSED, reason)
+            self._state.record_schema(
+                self._slot,
+                table,
+                decision="pause",
+                lsn=txn_commit,
+                changes=decision.summary,
+                old_schema=schema_to_json(old),
+                new_schema=schema_to_json(new),
+            )
+            return confirmed
+        batch = batcher.add(ev)  # closes the rows buffered in the old layout
+        if batch is not None:
+            confirmed = self._apply(batch, source, confirmed, resync)
+        if decision.action == "evolve":
+            done = self._sink.evolve(new)
+            logger.warning(
+                "schema evolved table=%s lsn=%s changes=[%s] delta=[%s]",
+                table,
+                txn_commit,
+                decision.summary,
+                "; ".join(done) or "nothing to change",
+            )
+        if decision.changes:
+            self._state.record_schema(
+                self._slot,
+                table,
+                decision="evolve" if decision.action == "evolve" else "accept",
+                lsn=txn_commit,
+                changes=decision.summary,
+                old_schema=schema_to_json(old),
+                new_schema=schema_to_json(new),
+            )
+        self._applied[table] = new
+        return confirmed
 
     def _apply(self, batch: ChangeBatch, source: LogicalSource, confirmed: Lsn, resync: Resyncer) -> Lsn:
         started = time.monotonic()
@@ -885,10 +981,10 @@ class Replicator:
                     m.truncates.labels(table=name).inc()
         failpoints.hit("before_confirm")
         resync.committed(batch.end)
-        if batch.end > confirmed:
-            self._state.record_applied(self._slot, batch.end)
-            source.confirm(batch.end)
-            confirmed = batch.end
+        if self._confirmable(batch.end) > confirmed:
+            confirmed = self._confirmable(batch.end)
+            self._state.record_applied(self._slot, confirmed)
+            source.confirm(confirmed)
         seconds = time.monotonic() - started
         self._health.applied(complete=batch.partial is None)
         if m is not None:

@@ -374,6 +374,70 @@ class StateStore:
                 },
             )
 
+    # ---- schema history ----------------------------------------------------------------------
+
+    def record_schema(
+        self,
+        slot: str,
+        table: TableId,
+        *,
+        decision: str,
+        new_schema: str,
+        old_schema: str | None = None,
+        lsn: Lsn | None = None,
+        changes: str | None = None,
+    ) -> None:
+        """Append one entry to the table's schema history (JSON layouts from ``schema.schema_to_json``)."""
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                text("select max(version) from cdc_schema_history where slot = :s and table_name = :n"),
+                {"s": slot, "n": str(table)},
+            ).fetchone()
+            version = int(row[0] or 0) + 1 if row is not None else 1
+            conn.execute(
+                text(
+                    "insert into cdc_schema_history (slot, table_name, version, lsn, decision, changes, "
+                    "old_schema, new_schema, recorded_at) values (:s, :n, :v, :l, :d, :c, :o, :w, :t)"
+                ),
+                {
+                    "s": slot,
+                    "n": str(table),
+                    "v": version,
+                    "l": None if lsn is None else str(lsn),
+                    "d": decision,
+                    "c": changes,
+                    "o": old_schema,
+                    "w": new_schema,
+                    "t": _now(),
+                },
+            )
+
+    def applied_schema(self, slot: str, table: TableId) -> str | None:
+        """The JSON layout the table's Delta table holds: the newest load/evolve/accept entry."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "select new_schema from cdc_schema_history where slot = :s and table_name = :n "
+                    "and decision <> 'pause' order by version desc limit 1"
+                ),
+                {"s": slot, "n": str(table)},
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def schema_history(self, slot: str, table: TableId) -> list[dict[str, object]]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "select version, lsn, decision, changes, recorded_at from cdc_schema_history "
+                    "where slot = :s and table_name = :n order by version"
+                ),
+                {"s": slot, "n": str(table)},
+            ).fetchall()
+        return [
+            {"version": r[0], "lsn": r[1], "decision": r[2], "changes": r[3], "recorded_at": r[4]}
+            for r in rows
+        ]
+
     def table_statuses(self, slot: str) -> dict[str, TableStatusRecord]:
         """The last recorded state of each table of ``slot``, by table name."""
         with self._engine.connect() as conn:

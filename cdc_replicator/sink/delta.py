@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Field, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from cdc_replicator.errors import SinkError
@@ -351,7 +351,7 @@ class DeltaSink:
         soft = table in self._soft
         old_keys = moved_keys(patch)
         moved_rows = None if old_keys is None or patch.truncate else self._rows_at(dt, patch.schema, old_keys)
-        plan = plan_merge(patch, soft_delete=soft, moved_rows=moved_rows)
+        plan = plan_merge(patch, soft_delete=soft, moved_rows=moved_rows, target=self._arrow_schema(dt))
         props = self._props(table, position, {"cdc.batch": str(batch_id), **(metadata or {})})
         before = dt.version()
         try:
@@ -436,6 +436,64 @@ class DeltaSink:
             ]
             found = found.filter(pa.array(mask, pa.bool_()))
         return found
+
+    @staticmethod
+    def _arrow_schema(dt: DeltaTable) -> pa.Schema:
+        return pa.schema(dt.schema().to_arrow())
+
+    def evolve(self, schema: TableSchema) -> list[str]:
+        """Let the Delta table hold rows of ``schema``: add its missing columns, widen grown types.
+
+        Idempotent (a replay after a crash finds nothing left to do). Adding columns is a metadata
+        commit; a wider type rewrites the table once (streamed, in one overwrite commit; the
+        table's positions are kept). Columns ``schema`` lacks stay in Delta. Returns what was done.
+        """
+        table = schema.table
+        dt = self._open(table)
+        if dt is None:
+            raise SinkError(f"the Delta table of {table} does not exist at {self.uri(table)}")
+        want = target_schema(schema, soft_delete=table in self._soft)
+        have = self._arrow_schema(dt)
+        missing = [f for f in want if f.name not in have.names]
+        wider = {f.name: f for f in want if f.name in have.names and have.field(f.name).type != f.type}
+        done: list[str] = []
+        try:
+            if wider:
+                new = pa.schema([wider.get(f.name, f) for f in have] + missing)
+                dataset = dt.to_pyarrow_dataset()
+
+                def cast() -> Iterator[pa.RecordBatch]:
+                    for b in dataset.to_batches():
+                        cols = [
+                            b.column(f.name).cast(f.type)
+                            if f.name in b.schema.names
+                            else pa.nulls(b.num_rows, f.type)
+                            for f in new
+                        ]
+                        yield pa.RecordBatch.from_arrays(cols, schema=new)
+
+                write_deltalake(
+                    self.uri(table),
+                    pa.RecordBatchReader.from_batches(new, cast()),
+                    mode="overwrite",
+                    schema_mode="overwrite",
+                    storage_options=self._opts or None,
+                    target_file_size=self._file_size,
+                    commit_properties=CommitProperties(custom_metadata={"cdc.op": "evolve-widen"}),
+                )
+                done += [f"widened {n} to {f.type}" for n, f in wider.items()]
+                done += [f"added {f.name} {f.type}" for f in missing]
+            elif missing:
+                dt.alter.add_columns(
+                    [Field.from_arrow(f) for f in missing],
+                    commit_properties=CommitProperties(custom_metadata={"cdc.op": "evolve-add"}),
+                )
+                done += [f"added {f.name} {f.type}" for f in missing]
+        except (DeltaError, OSError) as exc:
+            self._tables.pop(table, None)
+            raise SinkError(f"evolving the Delta table of {table} failed: {exc}", retryable=True) from exc
+        self._tables.pop(table, None)
+        return done
 
     def keys_in_range(self, schema: TableSchema, key_range: KeyRange) -> pa.Table:
         """The key columns of the table's rows in ``key_range`` (typed as Delta stores them)."""

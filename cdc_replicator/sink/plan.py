@@ -104,11 +104,19 @@ def moved_keys(patch: TablePatch) -> pa.Table | None:
     )
 
 
-def plan_merge(patch: TablePatch, *, soft_delete: bool, moved_rows: pa.Table | None = None) -> MergePlan:
+def plan_merge(
+    patch: TablePatch,
+    *,
+    soft_delete: bool,
+    moved_rows: pa.Table | None = None,
+    target: pa.Schema | None = None,
+) -> MergePlan:
     """A sequenced merge: a change lands only if its ``_cdc_lsn`` is not older than the row's.
 
     ``moved_rows``: the target's current rows at the keys of ``moved_keys(patch)``; their values
     fill the unchanged TOAST columns of rows whose key moved (the new key has no target row).
+    ``target``: the Delta table's schema; its columns the source no longer has (dropped, or the
+    old name of a renamed one) are set NULL by every later update and insert.
     """
     schema = patch.schema
     rows = patch.rows
@@ -149,6 +157,12 @@ def plan_merge(patch: TablePatch, *, soft_delete: bool, moved_rows: pa.Table | N
         delete_predicate = f"s._cdc_op = 'd' AND {newer}"
     not_delete = pc.not_equal(rows.column("_cdc_op"), "d")
     upsert_cols = {n: source.column(n) for n in all_cols}
+    if target is not None:
+        gone = [f for f in target if f.name not in upsert_cols]
+        for f in gone:
+            updates[quote(f.name)] = "NULL"
+        upsert_cols.update({f.name: pa.nulls(source.num_rows, f.type) for f in gone})
+        upsert_cols = {f.name: upsert_cols[f.name] for f in target if f.name in upsert_cols}
     upsert_rows = pa.table(upsert_cols).filter(not_delete)
     return MergePlan(
         source=source,

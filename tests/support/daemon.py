@@ -174,6 +174,7 @@ def wait_converged(
     timeout: float = 60.0,
     daemon: Daemon | None = None,
     where: str | None = None,
+    source_columns_only: bool = False,
 ) -> None:
     """Wait until every Delta table equals its source table row for row (``_cdc_*`` ignored).
 
@@ -185,7 +186,7 @@ def wait_converged(
     def check() -> bool:
         if daemon is not None and daemon.proc is not None and daemon.proc.poll() is not None:
             raise AssertionError(f"daemon exited with {daemon.proc.returncode}:\n{daemon.output()}")
-        last[:] = [diff_tables(db, lake, t, where) for t in names]
+        last[:] = [diff_tables(db, lake, t, where, source_columns_only=source_columns_only) for t in names]
         return all(d is None for d in last)
 
     try:

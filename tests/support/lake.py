@@ -79,12 +79,34 @@ def source_rows(
     return sorted(rows, key=_key)
 
 
-def diff_tables(db: PgDatabase, lake: Path, table: str, where: str | None = None) -> str | None:
-    """None when the Delta table equals its source row for row; else a short description."""
+def source_columns(db: PgDatabase, table: str) -> list[str]:
+    schema, _, name = table.rpartition(".")
+    rows = db.query(
+        "select column_name from information_schema.columns where table_schema = %s and table_name = %s "
+        "order by ordinal_position",
+        (schema or "public", name),
+    )
+    return [str(r[0]) for r in rows]
+
+
+def diff_tables(
+    db: PgDatabase, lake: Path, table: str, where: str | None = None, *, source_columns_only: bool = False
+) -> str | None:
+    """None when the Delta table equals its source row for row; else a short description.
+
+    ``source_columns_only``: compare the columns the source has now (Delta may keep dropped ones).
+    """
     try:
         cols, lake_rows = delta_rows(lake, table)
     except TableNotFoundError:
         return f"{table}: no Delta table yet"
+    if source_columns_only:
+        have = set(source_columns(db, table))
+        keep = [i for i, c in enumerate(cols) if c in have]
+        if len(keep) != len(have):
+            return f"{table}: delta lacks columns {sorted(have - set(cols))}"
+        cols = [cols[i] for i in keep]
+        lake_rows = sorted((tuple(r[i] for i in keep) for r in lake_rows), key=_key)
     dt = DeltaTable(str(table_path(lake, table)))
     arrow = dt.schema().to_arrow()
     text_cols = {

@@ -738,13 +738,36 @@ def test_a_relation_message_registers_a_table_the_batcher_did_not_know() -> None
     assert rows(flushed(b).tables[other]) == [("c", b"1")]
 
 
-def test_a_column_change_inside_a_batch_is_refused() -> None:
+def test_a_column_change_closes_the_rows_buffered_in_the_old_layout_into_their_own_batch() -> None:
     b = batcher()
     feed(b, txn(100, insert(ORDERS, b"1", b"1", None)))
     wider = TableSchema(ORDERS, (*ORDERS_SCHEMA.columns, Column("extra", TEXT)))
 
-    with pytest.raises(DecodeError, match="changed inside a batch"):
-        b.add(RelationChanged(16384, wider))
+    batch = only(feed(b, begin(200), RelationChanged(16384, wider)))
+    assert batch.tables[ORDERS].schema == ORDERS_SCHEMA and rows(batch.tables[ORDERS], "id") == [(b"1",)]
+    assert batch.end == end_of(100) and batch.partial == PartialTxn(Lsn(200), 0)
+    feed(b, insert(ORDERS, b"2", b"1", None, b"x"), commit(200))
+    after = flushed(b)
+    assert after.tables[ORDERS].schema == wider and rows(after.tables[ORDERS], "id", "extra") == [
+        (b"2", b"x")
+    ]
+
+
+def test_a_column_change_between_transactions_closes_the_batch_at_the_last_commit() -> None:
+    b = batcher()
+    feed(b, txn(100, insert(ORDERS, b"1", b"1", None)))
+    wider = TableSchema(ORDERS, (*ORDERS_SCHEMA.columns, Column("extra", TEXT)))
+
+    batch = only(feed(b, RelationChanged(16384, wider)))
+    assert batch.end == end_of(100) and batch.partial is None
+
+
+def test_a_relation_message_that_changes_nothing_or_finds_no_rows_closes_nothing() -> None:
+    b = batcher()
+    feed(b, txn(100, insert(ORDERS, b"1", b"1", None)))
+    assert feed(b, RelationChanged(16384, ORDERS_SCHEMA)) == []
+    other = TableSchema(ITEMS, (*ITEMS_SCHEMA.columns, Column("extra", TEXT)))
+    assert feed(b, RelationChanged(16385, other)) == []
 
 
 def test_a_change_for_a_table_without_a_schema_is_a_decode_error() -> None:
