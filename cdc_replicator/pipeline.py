@@ -578,6 +578,7 @@ class Replicator:
                 tables[tc.name] = WatermarkTable(
                     schema, tc.cursor, tc.delete_column, tc.page_size or wm.page_size, tc.soft_delete
                 )
+            paused = self._watermark_contracts(tables)
             replica = source.is_replica()
             logger.info(
                 "watermark polling tables=%d replica=%s dsn=%s",
@@ -589,7 +590,11 @@ class Replicator:
             self._health.set_connected(True)
             self._health.set_phase(Phase.STREAMING)
             for t in tables:
-                self._set_table(t, TableState.STREAMING)
+                if t in paused:
+                    self._set_table(t, TableState.PAUSED, paused[t])
+                else:
+                    self._set_table(t, TableState.STREAMING)
+            tables = {t: wt for t, wt in tables.items() if t not in paused}
             due = dict.fromkeys(tables, 0.0)
             interval = {tc.name: tc.poll_interval_seconds or wm.poll_interval_seconds for tc in cfg.tables}
             recon_every = wm.reconcile_interval_seconds
@@ -625,6 +630,41 @@ class Replicator:
             source.close()
         logger.info("watermark polling stopped")
 
+    def _watermark_contracts(self, tables: Mapping[TableId, WatermarkTable]) -> dict[TableId, str]:
+        """Compare each table's layout now with the one its Delta table holds; evolve or pause.
+
+        Polling reads the current layout only, so the decision is taken at start; a table paused
+        here is not polled (nothing is read, so nothing is lost) until its contract allows it.
+        """
+        paused: dict[TableId, str] = {}
+        for t, wt in tables.items():
+            new = wt.schema
+            saved = self._state.applied_schema(self._slot, t)
+            if saved is None or not self._sink.exists(t):
+                self._state.record_schema(self._slot, t, decision="load", new_schema=schema_to_json(new))
+                continue
+            old = schema_from_json(saved)
+            decision = decide(self._cfg.table(t).contract, old, new)
+            if not decision.changes:
+                continue
+            if decision.action == "pause":
+                paused[t] = f"schema change: {decision.summary} ({decision.reason})"
+                logger.error("table paused table=%s changes=[%s]: %s", t, decision.summary, decision.reason)
+            elif decision.action == "evolve":
+                done = self._sink.evolve(new)
+                logger.warning(
+                    "schema evolved table=%s changes=[%s] delta=[%s]", t, decision.summary, "; ".join(done)
+                )
+            self._state.record_schema(
+                self._slot,
+                t,
+                decision={"pause": "pause", "evolve": "evolve"}.get(decision.action, "accept"),
+                changes=decision.summary,
+                old_schema=saved,
+                new_schema=schema_to_json(new),
+            )
+        return paused
+
     def _watermark_resync(self, tables: Sequence[TableId]) -> None:
         """Watermark mode re-sync: empty the tables' Delta tables and their watermarks, then catch up.
 
@@ -642,6 +682,9 @@ class Replicator:
                     continue
                 schema = source.describe(tc.name, tc.cursor, tc.delete_column)
                 self._sink.begin_load(schema, fresh=True)
+                self._state.record_schema(
+                    self._slot, tc.name, decision="load", new_schema=schema_to_json(schema)
+                )
                 wt = WatermarkTable(
                     schema,
                     tc.cursor,

@@ -313,3 +313,24 @@ def test_snapshot_in_watermark_mode_rebuilds_a_table_from_scratch(
     again = run_cli(daemon.config, "run", "--once")
     assert again.returncode == 0, again.stderr
     wait_converged(pg, tmp_lake, [T], where=LIVE, timeout=5)
+
+
+def test_a_schema_change_is_followed_or_pauses_the_table_as_its_contract_says(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    _items(pg, 300)
+    _config(daemon, pg, tmp_lake)
+    assert run_cli(daemon.config, "run", "--once").returncode == 0
+    pg.execute("alter table items add column color text")
+    pg.execute("update items set color = 'red', updated_at = clock_timestamp() where id <= 10")
+
+    frozen = run_cli(daemon.config, "run", "--once", env={"CDC_REPLICATOR_TABLES__0__CONTRACT": "freeze"})
+    assert frozen.returncode == 0, frozen.stderr
+    assert "table paused table=public.items" in frozen.stderr and "add column color" in frozen.stderr
+    assert "color" not in DeltaTable(str(table_path(tmp_lake, T))).schema().to_arrow().names  # not polled
+
+    evolved = run_cli(daemon.config, "run", "--once")
+    assert evolved.returncode == 0, evolved.stderr
+    assert "schema evolved table=public.items" in evolved.stderr
+    rows = DeltaTable(str(table_path(tmp_lake, T))).to_pyarrow_table(columns=["id", "color"]).to_pylist()
+    assert sorted(r["id"] for r in rows if r["color"] == "red") == list(range(1, 11))
