@@ -278,7 +278,7 @@ class Resyncer:
         # the stream's text form (so window keys match), aliased: "order by id" would otherwise sort
         # by the output column of the same name
         cols = sql.SQL(", ").join(
-            sql.SQL("{} as {}").format(output_text(c.name), sql.Identifier(f"__c{i}"))
+            sql.SQL("{} as {}").format(output_text(c.name, c.type_oid), sql.Identifier(f"__c{i}"))
             for i, c in enumerate(schema.columns)
         )
         query = sql.SQL("select {} from {} where {} order by {} limit {}").format(

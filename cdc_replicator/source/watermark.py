@@ -35,6 +35,7 @@ from cdc_replicator.errors import MissingKey, SourceError
 from cdc_replicator.model import Lsn, Op, TableId, TableSchema
 from cdc_replicator.source.checks import read_schema
 from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
+from cdc_replicator.source.snapshot import TEXT_CAST_IS_OUTPUT
 
 __all__ = ["Page", "PollResult", "Snapshot", "WatermarkSource", "WatermarkState", "WatermarkTable"]
 
@@ -357,10 +358,7 @@ class WatermarkSource:
             )
             for values in keys
         ]
-        items = [
-            sa.case((tbl.c[c].is_(None), None), else_=sa.func.format("%s", tbl.c[c])).label(c)
-            for c in t.schema.column_names
-        ]
+        items = [_text_of(tbl.c[c.name], c.type_oid).label(c.name) for c in t.schema.columns]
         query = sa.select(*items).select_from(tbl).where(sa.tuple_(*[tbl.c[k] for k in key]).in_(wanted))
         if upto is not None:
             bound = [
@@ -417,10 +415,7 @@ class WatermarkSource:
                 # at or after late_from in the circular xid space
                 late.append(sa.func.mod(xmin - (late_from % _XID_MOD) + _XID_MOD, _XID_MOD) < (1 << 31))
             cond.append(sa.or_(*late) if late else sa.false())
-        items = [
-            sa.case((tbl.c[c].is_(None), None), else_=sa.func.format("%s", tbl.c[c])).label(c)
-            for c in t.schema.column_names
-        ]
+        items = [_text_of(tbl.c[c.name], c.type_oid).label(c.name) for c in t.schema.columns]
         query = sa.select(*items).select_from(tbl).where(*cond).order_by(*order)
         if limit is not None:
             query = query.limit(limit)
@@ -438,6 +433,13 @@ class WatermarkSource:
             yield Page(pa.table(arrays), last, late_xids is not None)
             if limit is not None:
                 return
+
+
+def _text_of(col: sa.ColumnClause[Any], type_oid: int) -> sa.ColumnElement[Any]:
+    """The column as its type's output function prints it (what the stream and the loads read)."""
+    if type_oid in TEXT_CAST_IS_OUTPUT:
+        return sa.cast(col, sa.Text)
+    return sa.case((col.is_(None), None), else_=sa.func.format("%s", col))
 
 
 def _late_writers(pending: Sequence[Pending]) -> tuple[list[int], int | None]:

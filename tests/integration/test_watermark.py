@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,10 +46,30 @@ def _items(pg: PgDatabase, rows: int) -> None:
 
 
 def _config(
-    daemon: Daemon, pg: PgDatabase, lake: Path, *, delete_column: bool = True, **watermark: object
+    daemon: Daemon,
+    pg: PgDatabase,
+    lake: Path,
+    *,
+    delete_column: bool = True,
+    soft_delete: bool = False,
+    server: bool = False,
+    **watermark: object,
 ) -> None:
-    table = {"cursor": "updated_at", **({"delete_column": "deleted_at"} if delete_column else {})}
-    write_config(daemon.config, pg, lake, [T], source_extra={"mode": "watermark"}, table_extra={T: table})
+    table: dict[str, object] = {
+        "cursor": "updated_at",
+        **({"delete_column": "deleted_at"} if delete_column else {}),
+    }
+    if soft_delete:
+        table["soft_delete"] = True
+    write_config(
+        daemon.config,
+        pg,
+        lake,
+        [T],
+        source_extra={"mode": "watermark"},
+        table_extra={T: table},
+        server={} if server else None,
+    )
     extra = {"poll_interval_seconds": 0.2, "page_size": 400, **watermark}
     with open(daemon.config, "a") as f:
         f.write("[watermark]\n" + "".join(f"{k} = {v}\n" for k, v in extra.items()))
@@ -216,11 +237,16 @@ def test_on_a_standby_the_daemon_reads_only_the_standby_and_survives_its_restart
     _replayed(pg, standby)
     replica = PgDatabase(name=pg.name, dsn=standby.dsn(pg.name), cluster=standby)
     assert replica.query("select pg_is_in_recovery()")[0][0] is True
-    _config(daemon, replica, tmp_lake)
+    _config(daemon, replica, tmp_lake, server=True)
     daemon.start()
     wait_converged(pg, tmp_lake, [T], daemon=daemon, where=LIVE)
     assert _sessions_of(pg) == 0, "the daemon must not connect to the primary"
     assert _sessions_of(replica) >= 1
+    with urllib.request.urlopen(daemon.http_address() + "/metrics", timeout=10) as resp:
+        lag = [
+            line for line in resp.read().decode().splitlines() if line.startswith("cdc_replica_lag_seconds ")
+        ]
+    assert lag and float(lag[0].split()[1]) >= 0.0, lag
 
     stop = threading.Event()
 
@@ -334,3 +360,18 @@ def test_a_schema_change_is_followed_or_pauses_the_table_as_its_contract_says(
     assert "schema evolved table=public.items" in evolved.stderr
     rows = DeltaTable(str(table_path(tmp_lake, T))).to_pyarrow_table(columns=["id", "color"]).to_pylist()
     assert sorted(r["id"] for r in rows if r["color"] == "red") == list(range(1, 11))
+
+
+def test_with_soft_delete_a_deleted_row_stays_marked_deleted(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    _items(pg, 200)
+    _config(daemon, pg, tmp_lake, soft_delete=True)
+    assert run_cli(daemon.config, "run", "--once").returncode == 0
+    pg.execute("update items set deleted_at = now(), updated_at = clock_timestamp() where id <= 30")
+    assert run_cli(daemon.config, "run", "--once").returncode == 0
+    rows = (
+        DeltaTable(str(table_path(tmp_lake, T))).to_pyarrow_table(columns=["id", "_cdc_deleted"]).to_pylist()
+    )
+    assert len(rows) == 200
+    assert sorted(r["id"] for r in rows if r["_cdc_deleted"]) == list(range(1, 31))
