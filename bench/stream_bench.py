@@ -28,8 +28,10 @@ passed, 1 when one failed, 2 when the benchmark could not run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -146,6 +148,9 @@ class Daemon:
         )
         out.close()
 
+    def log_text(self) -> str:
+        return self._log.read_text(errors="replace") if self._log.exists() else ""
+
     def peak_rss(self) -> int:
         assert self.proc is not None
         try:
@@ -174,6 +179,20 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         return peak
+
+
+@contextlib.contextmanager
+def _daemons() -> Iterator[list[Daemon]]:
+    """Daemons started in the block are killed when it ends, also on an error or Ctrl-C."""
+    started: list[Daemon] = []
+    try:
+        yield started
+    finally:
+        for d in started:
+            if d.proc is not None and d.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(d.proc.pid, signal.SIGKILL)
+                d.proc.wait()
 
 
 def _confirmed_at_least(conn: psycopg.Connection[tuple[object, ...]], slot: str, lsn: str) -> bool:
@@ -282,20 +301,14 @@ def build(cluster: LocalPostgres, dsn: str, opts: Options, res: Results) -> None
 
 def initial_load(daemon: Daemon, dsn: str, res: Results) -> None:
     daemon.start()
+    deadline = time.perf_counter() + 1800
+    while "streaming slot=" not in daemon.log_text():  # the load is done once it streams
+        daemon.check_alive()
+        if time.perf_counter() > deadline:
+            raise BenchError("the initial load did not finish within 30 minutes")
+        time.sleep(0.2)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        target = _wal(conn)
-        deadline = time.perf_counter() + 1800
-        while True:
-            daemon.check_alive()
-            row = conn.execute(
-                "select count(*) from pg_replication_slots where slot_name = %s", (SLOT,)
-            ).fetchone()
-            if row and row[0]:
-                break
-            if time.perf_counter() > deadline:
-                raise BenchError("the daemon never created its slot")
-            time.sleep(0.2)
-        done = _wait_confirmed(conn, daemon, target, timeout=1800, step=0.2)
+        done = _wait_confirmed(conn, daemon, _wal(conn), timeout=1800, step=0.2)
     res.setup["initial_load_seconds"] = done - daemon.started
     res.setup["initial_load_peak_rss_mb"] = daemon.stop() / 2**20
 
@@ -682,7 +695,10 @@ def main(argv: list[str] | None = None) -> int:
             binaries = find_binaries(opts.pg)
             workdir = Path(tempfile.mkdtemp(prefix="cdc-stream-bench-"))
             try:
-                with LocalPostgres(binaries, fast=True, settings=PG_SETTINGS) as cluster:
+                with (
+                    LocalPostgres(binaries, fast=True, settings=PG_SETTINGS) as cluster,
+                    _daemons() as daemons,
+                ):
                     dsn = cluster.create_database(DATABASE)
                     print(
                         f"PostgreSQL {binaries.version}; building pgbench -s {opts.scale}, big {opts.big_rows:,} rows ...",
@@ -691,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
                     build(cluster, dsn, opts, res)
                     (workdir / "state").mkdir()
                     daemon = Daemon(_config(dsn, workdir), workdir / "daemon.log")
+                    daemons.append(daemon)
                     print("initial load ...", file=sys.stderr, flush=True)
                     initial_load(daemon, dsn, res)
                     for i in range(1, opts.repeat + 1):
@@ -725,8 +742,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import os
-
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

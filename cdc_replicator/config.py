@@ -139,6 +139,8 @@ class TableConfig:
     name: TableId
     soft_delete: bool = False
     contract: ContractName = "evolve"  # what a schema change may do: evolve follows it, freeze pauses
+    columns: tuple[str, ...] = ()  # replicate only these (the key must be among them); empty = all
+    exclude_columns: tuple[str, ...] = ()  # replicate all but these (never a key column)
     cursor: tuple[str, ...] = ()
     delete_column: str = ""
     poll_interval_seconds: float = 0.0
@@ -577,6 +579,13 @@ class _Document:
                 )
             first[name] = i
             cursor = entry.get("cursor", _column_list)
+            columns = entry.get("columns", _column_list)
+            excluded = entry.get("exclude_columns", _column_list)
+            if columns and excluded:
+                raise ConfigError(
+                    f"config: tables[{i}] sets both columns and exclude_columns; choose one "
+                    "(columns lists what to replicate, exclude_columns what to leave out)"
+                )
             if mode == "watermark" and not cursor:
                 raise ConfigError(
                     f"config: tables[{i}].cursor is required in watermark mode: the column(s) whose "
@@ -587,6 +596,8 @@ class _Document:
                     name=name,
                     soft_delete=entry.get("soft_delete", _bool),
                     contract=cast(ContractName, entry.get("contract", _choice(get_args(ContractName)))),
+                    columns=columns,
+                    exclude_columns=excluded,
                     cursor=cursor,
                     delete_column=entry.get("delete_column", _pg_name)
                     if "delete_column" in entry.values

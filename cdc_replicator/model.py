@@ -15,6 +15,7 @@ __all__ = [
     "UNCHANGED",
     "Begin",
     "ChangeBatch",
+    "ColumnSelection",
     "Column",
     "Commit",
     "Keepalive",
@@ -120,6 +121,26 @@ class TableSchema:
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSelection:
+    """Which columns of a table are replicated: ``only`` these (empty = all), minus ``excluded``."""
+
+    only: frozenset[str] = frozenset()
+    excluded: frozenset[str] = frozenset()
+
+    @property
+    def everything(self) -> bool:
+        return not self.only and not self.excluded
+
+    def keeps(self, name: str) -> bool:
+        return (not self.only or name in self.only) and name not in self.excluded
+
+    def apply(self, schema: TableSchema) -> TableSchema:
+        return TableSchema(
+            schema.table, tuple(c for c in schema.columns if self.keeps(c.name)), schema.replica_identity
+        )
 
 
 class Op(enum.StrEnum):

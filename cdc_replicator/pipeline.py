@@ -29,7 +29,7 @@ from tenacity import (
 from cdc_replicator import failpoints
 from cdc_replicator.batching import Batcher, BatchLimits
 from cdc_replicator.checkpoint import Recorded, SlotState, StartKind, StartPlan, plan_start
-from cdc_replicator.config import Config, redact_dsn
+from cdc_replicator.config import Config, TableConfig, redact_dsn
 from cdc_replicator.errors import ConfigError, ReplicatorError, SourceError
 from cdc_replicator.health import HealthState, Phase, TableState
 from cdc_replicator.loader import Loader, LoadInterrupted, LoadResult, ProgressSink
@@ -37,6 +37,7 @@ from cdc_replicator.metrics import WAL_STATUSES, Metrics
 from cdc_replicator.model import (
     Begin,
     ChangeBatch,
+    ColumnSelection,
     Commit,
     Keepalive,
     KeyRange,
@@ -117,6 +118,9 @@ class Replicator:
         self._metrics = metrics
         self._once = False
         self._applied: dict[TableId, TableSchema] = {}  # the layout each Delta table holds
+        self._selections = {
+            t.name: ColumnSelection(frozenset(t.columns), frozenset(t.exclude_columns)) for t in config.tables
+        }
         self._paused: dict[TableId, tuple[Lsn, str]] = {}  # table -> (confirm cap, reason)
         self._slot = config.source.slot
         self._tables = config.table_ids
@@ -225,8 +229,8 @@ class Replicator:
             self._watermark_resync(wanted)
             return []
         with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
-            schemas = checks.preflight(conn, self._tables)
-            checks.ensure_publication(conn, src.publication, self._tables)
+            schemas = checks.preflight(conn, self._tables, self._selections)
+            checks.ensure_publication(conn, src.publication, self._tables, self._narrowed(schemas))
             info = checks.slot_info(conn, self._slot)
             if info is not None and info.active_pid is not None:
                 if tables:
@@ -345,8 +349,8 @@ class Replicator:
     def _run_once(self) -> None:
         src = self._cfg.source
         with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
-            schemas = checks.preflight(conn, self._tables)
-            checks.ensure_publication(conn, src.publication, self._tables)
+            schemas = checks.preflight(conn, self._tables, self._selections)
+            checks.ensure_publication(conn, src.publication, self._tables, self._narrowed(schemas))
             if src.heartbeat == "table" and src.heartbeat_interval_seconds > 0:
                 objects.apply_source_migrations(conn, migrations_dir("source"))
             self._health.set_connected(True)
@@ -479,6 +483,7 @@ class Replicator:
             slot=self._slot,
             publication=src.publication,
             keys={t: s.key for t, s in schemas.items()},
+            selections=self._selections,
             start=start,
             streaming=src.streaming,
             status_interval=src.status_interval_seconds,
@@ -574,7 +579,7 @@ class Replicator:
         try:
             tables: dict[TableId, WatermarkTable] = {}
             for tc in cfg.tables:
-                schema = source.describe(tc.name, tc.cursor, tc.delete_column)
+                schema = self._watermark_schema(source, tc)
                 tables[tc.name] = WatermarkTable(
                     schema, tc.cursor, tc.delete_column, tc.page_size or wm.page_size, tc.soft_delete
                 )
@@ -630,6 +635,20 @@ class Replicator:
             source.close()
         logger.info("watermark polling stopped")
 
+    def _watermark_schema(self, source: WatermarkSource, tc: TableConfig) -> TableSchema:
+        """The polled layout: the selected columns, which must include the cursor and delete column."""
+        schema = checks.select_columns(
+            source.describe(tc.name, tc.cursor, tc.delete_column), self._selections.get(tc.name)
+        )
+        needed = [c for c in (*tc.cursor, tc.delete_column) if c and c not in schema.column_names]
+        if needed:
+            raise ConfigError(
+                f"config: {tc.name}: {', '.join(needed)} (cursor / delete_column) must be replicated, "
+                "but the column selection leaves it out",
+                hint="add it to columns, or remove it from exclude_columns",
+            )
+        return schema
+
     def _watermark_contracts(self, tables: Mapping[TableId, WatermarkTable]) -> dict[TableId, str]:
         """Compare each table's layout now with the one its Delta table holds; evolve or pause.
 
@@ -680,7 +699,7 @@ class Replicator:
             for tc in cfg.tables:
                 if tc.name not in tables:
                     continue
-                schema = source.describe(tc.name, tc.cursor, tc.delete_column)
+                schema = self._watermark_schema(source, tc)
                 self._sink.begin_load(schema, fresh=True)
                 self._state.record_schema(
                     self._slot, tc.name, decision="load", new_schema=schema_to_json(schema)
@@ -922,6 +941,10 @@ class Replicator:
         """``lsn``, or less: never past the point where a paused table stopped taking changes."""
         caps = [cap for cap, _reason in self._paused.values()]
         return min([lsn, *caps])
+
+    def _narrowed(self, schemas: Mapping[TableId, TableSchema]) -> dict[TableId, TableSchema]:
+        """The tables replicated with a column selection (their publication lists those columns)."""
+        return {t: schemas[t] for t, sel in self._selections.items() if not sel.everything and t in schemas}
 
     def _load_applied_schemas(self, schemas: Mapping[TableId, TableSchema]) -> None:
         """The layout each Delta table holds: the schema history's, else the catalog's (recorded)."""

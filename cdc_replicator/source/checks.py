@@ -6,14 +6,14 @@ Every failure is one ReplicatorError that says what is wrong and the SQL that fi
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 from cdc_replicator.errors import MissingKey, SourceError, WalLevelNotLogical
-from cdc_replicator.model import Column, Lsn, TableId, TableSchema
+from cdc_replicator.model import Column, ColumnSelection, Lsn, TableId, TableSchema
 from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "ensure_publication",
     "preflight",
     "read_schema",
+    "select_columns",
     "slot_info",
     "slot_stats",
 ]
@@ -68,9 +69,14 @@ def _fqn(table: TableId) -> sql.Composable:
 
 
 def preflight(
-    conn: psycopg.Connection[tuple[object, ...]], tables: Sequence[TableId]
+    conn: psycopg.Connection[tuple[object, ...]],
+    tables: Sequence[TableId],
+    selections: Mapping[TableId, ColumnSelection] | None = None,
 ) -> dict[TableId, TableSchema]:
-    """Check server, role and tables; return each table's schema (columns in attribute order, key)."""
+    """Check server, role and tables; return each table's schema (columns in attribute order, key).
+
+    ``selections``: the replicated columns of a table (its schema keeps only those).
+    """
     row = conn.execute(
         "select current_setting('server_version_num')::int, current_setting('wal_level')"
     ).fetchone()
@@ -103,7 +109,28 @@ def preflight(
             f"the source database encoding is {encoding}; cdc-replicator reads UTF8 only",
             hint="replicate from a UTF8 database (create database ... encoding 'UTF8')",
         )
-    return {t: read_schema(conn, t) for t in tables}
+    schemas = {t: read_schema(conn, t) for t in tables}
+    return {t: select_columns(s, (selections or {}).get(t)) for t, s in schemas.items()}
+
+
+def select_columns(schema: TableSchema, selection: ColumnSelection | None) -> TableSchema:
+    """``schema`` with only the selected columns; every named column must exist, the key stays."""
+    if selection is None or selection.everything:
+        return schema
+    names = set(schema.column_names)
+    unknown = sorted((selection.only | selection.excluded) - names)
+    if unknown:
+        raise SourceError(
+            f"{schema.table} has no column(s) {', '.join(unknown)} (named in columns/exclude_columns)",
+            hint=f"columns of {schema.table}: {', '.join(schema.column_names)}",
+        )
+    dropped_keys = [k for k in schema.key if not selection.keeps(k)]
+    if dropped_keys:
+        raise SourceError(
+            f"the key column(s) {', '.join(dropped_keys)} of {schema.table} would not be replicated",
+            hint="a table is merged by its key: keep the key columns in columns / out of exclude_columns",
+        )
+    return selection.apply(schema)
 
 
 MIN_STANDBY_VERSION = 160000
@@ -186,15 +213,33 @@ def read_schema(conn: psycopg.Connection[tuple[object, ...]], table: TableId) ->
 
 
 def ensure_publication(
-    conn: psycopg.Connection[tuple[object, ...]], name: str, tables: Sequence[TableId]
+    conn: psycopg.Connection[tuple[object, ...]],
+    name: str,
+    tables: Sequence[TableId],
+    columns: Mapping[TableId, TableSchema] | None = None,
 ) -> None:
-    """Create the publication if missing; otherwise check it publishes every configured table."""
+    """Create the publication if missing; otherwise check it publishes every configured table.
+
+    ``columns``: tables replicated with fewer columns than they have; on PostgreSQL 15+ a new
+    publication lists those columns (excluded data never leaves the database). An existing
+    publication that publishes them anyway gets a warning (the daemon drops them).
+    """
     row = conn.execute(
         "select puballtables, pubinsert and pubupdate and pubdelete and pubtruncate, pubviaroot "
         "from pg_publication where pubname = %s",
         (name,),
     ).fetchone()
-    targets = sql.SQL(", ").join(_fqn(t) for t in tables)
+    version_row = conn.execute("select current_setting('server_version_num')::int").fetchone()
+    lists = int(str(version_row[0])) >= 150000 if version_row else False
+    narrowed = {t: s for t, s in (columns or {}).items() if s.replica_identity != "f"} if lists else {}
+    targets = sql.SQL(", ").join(
+        sql.SQL("{} ({})").format(
+            _fqn(t), sql.SQL(", ").join(sql.Identifier(c) for c in narrowed[t].column_names)
+        )
+        if t in narrowed
+        else _fqn(t)
+        for t in tables
+    )
     if row is None and is_standby(conn):
         stmt = sql.SQL("create publication {} for table {} with (publish_via_partition_root = true)").format(
             sql.Identifier(name), targets
@@ -243,6 +288,39 @@ def ensure_publication(
             f"publication {name!r} does not publish {', '.join(map(str, missing))}",
             hint=f"run: {stmt.as_string(conn)};",
         )
+    _warn_published_extra_columns(conn, name, columns or {}, lists)
+
+
+def _warn_published_extra_columns(
+    conn: psycopg.Connection[tuple[object, ...]],
+    name: str,
+    columns: Mapping[TableId, TableSchema],
+    lists: bool,
+) -> None:
+    """An existing publication that publishes columns the config leaves out: they leave the database."""
+    for table, schema in columns.items():
+        if lists:
+            row = conn.execute(
+                "select attnames from pg_publication_tables where pubname = %s and schemaname = %s "
+                "and tablename = %s",
+                (name, table.schema, table.name),
+            ).fetchone()
+            names = row[0] if row else None
+            published = {str(x) for x in names} if isinstance(names, list) else None
+        else:
+            published = None  # before 15 every column is published
+        extra = sorted(published - set(schema.column_names)) if published is not None else ["(all columns)"]
+        if extra:
+            logger.warning(
+                "publication %s publishes columns of %s that are not replicated: %s; they leave the "
+                "database and the daemon drops them (PostgreSQL 15+: alter publication %s set table %s (%s))",
+                name,
+                table,
+                ", ".join(extra),
+                name,
+                table,
+                ", ".join(schema.column_names),
+            )
 
 
 def slot_info(conn: psycopg.Connection[tuple[object, ...]], slot: str) -> SlotInfo | None:

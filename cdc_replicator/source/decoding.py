@@ -9,6 +9,7 @@ from cdc_replicator.model import (
     UNCHANGED,
     Begin,
     Column,
+    ColumnSelection,
     Commit,
     Lsn,
     Op,
@@ -37,8 +38,14 @@ class Decoder:
     Changes of relations whose table is not in ``keys`` are dropped: they are not ours.
     """
 
-    def __init__(self, keys: Mapping[TableId, tuple[str, ...]]) -> None:
+    def __init__(
+        self,
+        keys: Mapping[TableId, tuple[str, ...]],
+        selections: Mapping[TableId, ColumnSelection] | None = None,
+    ) -> None:
         self._keys = dict(keys)
+        self._selections = {t: s for t, s in (selections or {}).items() if not s.everything}
+        self._keep: dict[int, tuple[int, ...]] = {}  # positions of the selected columns, per relation
         self._relations: dict[int, TableSchema] = {}
         self._ignored: set[int] = set()
         self._seq = 0  # row changes of the open transaction so far, of every relation
@@ -55,20 +62,32 @@ class Decoder:
         if isinstance(msg, wire.Insert):
             self._seq += 1
             schema = self._schema(msg.relation_id)
-            return [] if schema is None else [RowChange(schema.table, Op.INSERT, msg.new, None, self._seq)]
+            if schema is None:
+                return []
+            keep = self._keep.get(msg.relation_id)
+            new = msg.new if keep is None else _pick(msg.new, keep)
+            return [RowChange(schema.table, Op.INSERT, new, None, self._seq)]
         if isinstance(msg, wire.Update):
             self._seq += 1
             schema = self._schema(msg.relation_id)
             if schema is None:
                 return []
-            new = msg.new
-            if msg.old_kind == "O" and msg.old is not None and UNCHANGED in new:
-                new = _fill_unchanged(new, msg.old)
-            return [RowChange(schema.table, Op.UPDATE, new, msg.old, self._seq)]
+            new, old = msg.new, msg.old
+            if msg.old_kind == "O" and old is not None and UNCHANGED in new:
+                new = _fill_unchanged(new, old)
+            keep = self._keep.get(msg.relation_id)
+            if keep is not None:
+                new = _pick(new, keep)
+                old = None if old is None else _pick(old, keep)
+            return [RowChange(schema.table, Op.UPDATE, new, old, self._seq)]
         if isinstance(msg, wire.Delete):
             self._seq += 1
             schema = self._schema(msg.relation_id)
-            return [] if schema is None else [RowChange(schema.table, Op.DELETE, None, msg.old, self._seq)]
+            if schema is None:
+                return []
+            keep = self._keep.get(msg.relation_id)
+            old = msg.old if keep is None or msg.old is None else _pick(msg.old, keep)
+            return [RowChange(schema.table, Op.DELETE, None, old, self._seq)]
         if isinstance(msg, wire.Begin):
             self._seq = 0
             return [Begin(msg.xid, Lsn(msg.final_lsn), pg_time_to_datetime(msg.commit_time))]
@@ -108,13 +127,28 @@ class Decoder:
         self._ignored.discard(msg.relation_id)
         names = {c.name for c in msg.columns}
         use_flags = not key or not set(key) <= names
+        selection = self._selections.get(table)
+        kept = [
+            (i, c)
+            for i, c in enumerate(msg.columns)
+            if selection is None or selection.keeps(c.name) or c.name in key
+        ]
+        if selection is not None and len(kept) < len(msg.columns):
+            self._keep[msg.relation_id] = tuple(i for i, _c in kept)
+        else:
+            self._keep.pop(msg.relation_id, None)
         columns = tuple(
             Column(c.name, c.type_oid, c.type_modifier, c.is_key if use_flags else c.name in key)
-            for c in msg.columns
+            for _i, c in kept
         )
         schema = TableSchema(table, columns, msg.replica_identity)
         self._relations[msg.relation_id] = schema
         return [RelationChanged(msg.relation_id, schema)]
+
+
+def _pick(values: tuple[Value, ...], keep: tuple[int, ...]) -> tuple[Value, ...]:
+    """The selected columns of a tuple (a relation published with more columns than replicated)."""
+    return tuple(values[i] for i in keep if i < len(values))
 
 
 def _fill_unchanged(new: tuple[Value, ...], old: tuple[Value, ...]) -> tuple[Value, ...]:

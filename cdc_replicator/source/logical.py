@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cdc_replicator.errors import DecodeError, ReplicatorError, SourceUnavailable
-from cdc_replicator.model import Begin, Commit, Keepalive, Lsn, SourceEvent, TableId, pg_time_to_datetime
+from cdc_replicator.model import (
+    Begin,
+    ColumnSelection,
+    Commit,
+    Keepalive,
+    Lsn,
+    SourceEvent,
+    TableId,
+    pg_time_to_datetime,
+)
 from cdc_replicator.source import pgoutput as wire
 from cdc_replicator.source.decoding import Decoder
 from cdc_replicator.source.replication import PrimaryKeepalive, ReplicationConnection, quote_ident
@@ -64,6 +73,7 @@ class LogicalSource:
         publication: str,
         keys: Mapping[TableId, tuple[str, ...]],
         start: Lsn,
+        selections: Mapping[TableId, ColumnSelection] | None = None,
         streaming: bool = False,
         status_interval: float = 10.0,
         connect_timeout: float = 10.0,
@@ -73,7 +83,7 @@ class LogicalSource:
         self._dsn = dsn
         self._slot = slot
         self._publication = publication
-        self._decoder = Decoder(keys)
+        self._decoder = Decoder(keys, selections)
         self._start = start
         self._streaming = streaming
         self._status_interval = status_interval

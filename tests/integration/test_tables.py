@@ -89,3 +89,42 @@ def test_types_whose_text_cast_differs_from_their_output_agree_across_load_strea
     pg.execute("update odd set ok = not ok where code > '150'")
     wait_converged(pg, tmp_lake, ["public.odd"], daemon=daemon)
     assert daemon.stop() == 0
+
+
+def test_excluded_columns_never_reach_delta_nor_leave_the_database(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    from deltalake import DeltaTable
+
+    from tests.support.daemon import run_cli
+    from tests.support.lake import table_path
+
+    pg.execute("create table people (id int primary key, name text, ssn text, note text)")
+    pg.execute("insert into people select g, 'n' || g, 'secret-' || g, 'x' from generate_series(1, 100) g")
+    write_config(
+        daemon.config,
+        pg,
+        tmp_lake,
+        ["public.people"],
+        table_extra={"public.people": {"exclude_columns": ["ssn"]}},
+    )
+    daemon.start()
+    wait_converged(pg, tmp_lake, ["public.people"], daemon=daemon)
+    pg.execute("update people set ssn = 'changed', name = 'm' || id where id <= 10")
+    pg.execute("insert into people values (101, 'new', 'secret', 'y')")
+    pg.execute("delete from people where id = 50")
+    wait_converged(pg, tmp_lake, ["public.people"], daemon=daemon)
+    delta = DeltaTable(str(table_path(tmp_lake, "public.people")))
+    assert "ssn" not in delta.schema().to_arrow().names
+    published = pg.query("select attnames from pg_publication_tables where pubname = 'cdc_test'")
+    assert published == [(["id", "name", "note"],)]  # PostgreSQL 15+: the column list of the publication
+    assert daemon.stop() == 0, daemon.output()
+
+    write_config(
+        daemon.config, pg, tmp_lake, ["public.people"], table_extra={"public.people": {"columns": ["name"]}}
+    )
+    keyless = run_cli(daemon.config, "run")
+    assert (
+        keyless.returncode == 3
+        and "key column(s) id of public.people would not be replicated" in keyless.stderr
+    )

@@ -42,6 +42,8 @@ def write_config(
             return "true" if v else "false"
         if isinstance(v, int | float):
             return str(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(val(x) for x in v) + "]"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     src = {"dsn": db.dsn, "slot": slot, "publication": slot, "retry_max_seconds": 2.0, **(source_extra or {})}

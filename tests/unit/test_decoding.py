@@ -258,3 +258,16 @@ def test_a_truncate_of_a_relation_never_announced_is_a_decode_error() -> None:
 )
 def test_messages_without_data_for_the_tables_give_no_event(message: wire.Message) -> None:
     assert decoder().decode(message) == []
+
+
+def test_a_column_selection_projects_relations_and_tuples_and_always_keeps_the_key() -> None:
+    from cdc_replicator.model import ColumnSelection
+
+    d = Decoder({ORDERS: ("id",)}, {ORDERS: ColumnSelection(excluded=frozenset({"qty"}))})
+    (rel,) = d.decode(relation())
+    assert isinstance(rel, RelationChanged) and rel.schema.column_names == ("id", "doc")
+    (ins,) = d.decode(wire.Insert(None, ORDERS_ID, (b"1", b"5", b"n")))
+    assert isinstance(ins, RowChange) and ins.new == (b"1", b"n")
+    only = Decoder({ORDERS: ("id",)}, {ORDERS: ColumnSelection(only=frozenset({"doc"}))})
+    (rel,) = only.decode(relation())
+    assert isinstance(rel, RelationChanged) and rel.schema.column_names == ("id", "doc")  # the key stays
