@@ -88,12 +88,7 @@ def collect_status(cfg: Config) -> dict[str, Any]:
             lag_bytes=None
             if pos is None or server_lsn is None
             else max(0, server_lsn.value - max(pos.lsn.value, _lsn_value(rec.applied_lsn if rec else None))),
-            rows=rows,
-            delta_version=None if commit is None else commit[0],
-            last_commit=None if commit is None or commit[1] is None else commit[1].isoformat(),
-            seconds_since_commit=None
-            if commit is None or commit[1] is None
-            else round((now - commit[1]).total_seconds(), 1),
+            **_lake_fields(rows, commit, now),
             last_error=saved.last_error if saved else None,
         )
         tables.append(row)
@@ -151,12 +146,7 @@ def _watermark_status(cfg: Config, sink: DeltaSink, recorded: dict[str, Any]) ->
             position=None if not state or state.get("read") is None else ",".join(state["read"]),
             pending_ranges=None if not state else len(state.get("pending", [])),
             lag_bytes=None,
-            rows=rows,
-            delta_version=None if commit is None else commit[0],
-            last_commit=None if commit is None or commit[1] is None else commit[1].isoformat(),
-            seconds_since_commit=None
-            if commit is None or commit[1] is None
-            else round((now - commit[1]).total_seconds(), 1),
+            **_lake_fields(rows, commit, now),
             last_error=saved.last_error if saved else None,
         )
         tables.append(row_)
@@ -166,6 +156,19 @@ def _watermark_status(cfg: Config, sink: DeltaSink, recorded: dict[str, Any]) ->
         "applied_lsn": None,
         "load_state": None,
         "tables": tables,
+    }
+
+
+def _lake_fields(
+    rows: int | None, commit: tuple[int, datetime | None] | None, now: datetime
+) -> dict[str, Any]:
+    """What the Delta table says: rows, version, when it was last written."""
+    when = None if commit is None else commit[1]
+    return {
+        "rows": rows,
+        "delta_version": None if commit is None else commit[0],
+        "last_commit": None if when is None else when.isoformat(),
+        "seconds_since_commit": None if when is None else round((now - when).total_seconds(), 1),
     }
 
 
