@@ -203,3 +203,45 @@ def test_a_type_change_that_is_not_widening_pauses_even_under_evolve(
     assert "change type code" in log and "snapshot --table public.t" in log
     assert daemon.alive(), "only the table pauses; the daemon keeps running"
     assert daemon.stop() == 0, daemon.output()
+
+
+def test_replica_identity_changes_are_recorded_and_rows_keep_flowing(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    pg.execute("create table t (id int primary key, v text)")
+    pg.execute("insert into t select g, 'v' from generate_series(1, 10) g")
+    write_config(daemon.config, pg, tmp_lake, ["public.t"], table_extra={"public.t": {"contract": "freeze"}})
+    daemon.start()
+    wait_converged(pg, tmp_lake, ["public.t"], daemon=daemon)
+    pg.execute("alter table t replica identity full")
+    pg.execute("update t set v = 'full' where id <= 3")
+    pg.execute("delete from t where id = 10")
+    wait_converged(pg, tmp_lake, ["public.t"], daemon=daemon)  # even under freeze: nothing to change in Delta
+    history = _history(daemon)
+    assert history[-1]["decision"] == "accept" and "replica identity" in history[-1]["changes"], history
+    assert daemon.stop() == 0, daemon.output()
+
+
+def test_a_table_added_to_the_publication_is_ignored_and_a_dropped_table_stops_only_at_the_next_start(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    pg.execute("create table t (id int primary key, v text)")
+    pg.execute("create table gone (id int primary key)")
+    pg.execute("insert into gone values (1)")
+    write_config(daemon.config, pg, tmp_lake, ["public.t", "public.gone"])
+    daemon.start()
+    wait_converged(pg, tmp_lake, ["public.t", "public.gone"], daemon=daemon)
+
+    pg.execute("create table extra (id int primary key)")
+    pg.execute("alter publication cdc_test add table extra")
+    pg.execute("insert into extra values (1)")
+    pg.execute("drop table gone")
+    pg.execute("insert into t values (1, 'still streaming')")
+    wait_converged(pg, tmp_lake, ["public.t"], daemon=daemon)
+    assert not table_path(tmp_lake, "public.extra").exists()  # not configured: not replicated
+    assert _delta(tmp_lake, "public.gone").to_pyarrow_table().num_rows == 1  # its Delta table stays
+    assert daemon.alive()
+    assert daemon.stop() == 0, daemon.output()
+
+    again = run_cli(daemon.config, "run")
+    assert again.returncode == 3 and "table public.gone does not exist" in again.stderr, again.stderr
