@@ -65,6 +65,7 @@ from cdc_replicator.source.watermark import (
     WatermarkSource,
     WatermarkState,
     WatermarkTable,
+    add_pending,
     now_utc,
     page_patch,
     settle,
@@ -762,8 +763,8 @@ class Replicator:
                 read = page.last
             seq = max(seq + 1, header.lsn.value)
             watch = pending
-            if read != start and (header.snapshot.xip or lookback > 0):
-                watch = (*pending, Pending(start, read, header.snapshot, polled_at))  # type: ignore[arg-type]
+            if read is not None and read != start and (header.snapshot.xip or lookback > 0):
+                watch = add_pending(pending, Pending(start, read, header.snapshot, polled_at))
             new = WatermarkState(read, watch, seq)
             meta = {_WATERMARK_KEY: new.to_json(), "cdc.op": "watermark"}
             at = now_utc()
@@ -971,8 +972,10 @@ class Replicator:
             return confirmed
         old = self._applied.get(table)
         held = self._sink.position(table)
-        if old is None or (held is not None and held.holds(txn_commit, 0)):
-            # a transaction the table already holds (a replay after a restart or a re-sync)
+        if old is None or (held is not None and txn_commit < held.lsn):
+            # a transaction the table already holds whole (a replay after a restart or a re-sync).
+            # Not a partial position inside it: the cut before the change may be all it holds,
+            # so the change is decided again (evolving is idempotent).
             self._applied[table] = new
             batch = batcher.add(ev)
             return confirmed if batch is None else self._apply(batch, source, confirmed, resync)
@@ -1007,6 +1010,7 @@ class Replicator:
         if batch is not None:
             confirmed = self._apply(batch, source, confirmed, resync)
         if decision.action == "evolve":
+            failpoints.hit("before_evolve")
             done = self._sink.evolve(new)
             logger.warning(
                 "schema evolved table=%s lsn=%s changes=[%s] delta=[%s]",

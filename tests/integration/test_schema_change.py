@@ -245,3 +245,27 @@ def test_a_table_added_to_the_publication_is_ignored_and_a_dropped_table_stops_o
 
     again = run_cli(daemon.config, "run")
     assert again.returncode == 3 and "table public.gone does not exist" in again.stderr, again.stderr
+
+
+def test_a_crash_between_the_old_layout_commit_and_the_evolution_is_evolved_again_on_restart(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    pg.execute("create table t (id int primary key, v text)")
+    pg.execute("insert into t values (1, 'a')")
+    write_config(daemon.config, pg, tmp_lake, ["public.t"])
+    daemon.start(failpoints="before_evolve")
+    wait_converged(pg, tmp_lake, ["public.t"], daemon=daemon)
+    # one transaction writes rows in the old layout, alters the table, then writes in the new one:
+    # the old-layout rows are committed (the table then holds a partial position inside this very
+    # transaction) and the daemon dies before it evolves the Delta table
+    with pg.connect() as conn:
+        conn.execute("insert into t values (2, 'old layout')")
+        conn.execute("alter table t add column w int")
+        conn.execute("insert into t values (3, 'new layout', 7)")
+        conn.commit()
+    assert daemon.wait_exit(60) == -9, daemon.output()
+    assert "w" not in _types(tmp_lake, "public.t")
+    daemon.start()
+    wait_converged(pg, tmp_lake, ["public.t"], daemon=daemon, source_columns_only=True)
+    assert _types(tmp_lake, "public.t")["w"] == pa.int32()
+    assert daemon.stop() == 0, daemon.output()
