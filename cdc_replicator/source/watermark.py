@@ -37,7 +37,18 @@ from cdc_replicator.source.checks import read_schema
 from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
 from cdc_replicator.source.snapshot import TEXT_CAST_IS_OUTPUT
 
-__all__ = ["Page", "PollResult", "Snapshot", "WatermarkSource", "WatermarkState", "WatermarkTable"]
+__all__ = [
+    "Page",
+    "Pending",
+    "PollResult",
+    "Snapshot",
+    "WatermarkSource",
+    "WatermarkState",
+    "WatermarkTable",
+    "add_pending",
+    "page_patch",
+    "settle",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -457,6 +468,32 @@ def settle(state: WatermarkState, snap: Snapshot, *, now: float, lookback: float
         for p in state.pending
         if not (all(snap.finished(x) for x in p.snapshot.xip) and now - p.at >= lookback)
     )
+
+
+MAX_PENDING = 8  # pending ranges kept apart; older ones are merged (each is re-read every poll)
+
+
+def add_pending(
+    pending: tuple[Pending, ...], new: Pending, *, limit: int = MAX_PENDING
+) -> tuple[Pending, ...]:
+    """``pending`` plus ``new``; past ``limit`` entries the two oldest merge into one.
+
+    Ranges are consecutive, so a merge covers both; it waits for the union of their transactions,
+    watches writers from the older snapshot's xmax on and counts time from the older poll: it
+    settles no earlier than either part would, so merging never loses a late row. Without it, a
+    transaction left open for hours would add a range per poll, each re-read every poll and all
+    stored in every commit.
+    """
+    out = [*pending, new]
+    while len(out) > limit:
+        a, b = out[0], out[1]
+        snap = Snapshot(
+            min(a.snapshot.xmin, b.snapshot.xmin),
+            min(a.snapshot.xmax, b.snapshot.xmax),
+            tuple(sorted(set(a.snapshot.xip) | set(b.snapshot.xip))),
+        )
+        out[:2] = [Pending(a.after, b.upto, snap, min(a.at, b.at))]
+    return tuple(out)
 
 
 def page_patch(page: Page, t: WatermarkTable, *, seq: int, read_at: datetime) -> tuple[pa.Table, int]:

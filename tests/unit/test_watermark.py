@@ -1,0 +1,59 @@
+"""Specification of the watermark bookkeeping: snapshots, pending ranges and when they settle."""
+
+from __future__ import annotations
+
+from cdc_replicator.source.watermark import (
+    MAX_PENDING,
+    Pending,
+    Snapshot,
+    WatermarkState,
+    add_pending,
+    settle,
+)
+
+
+def pending(
+    after: int | None, upto: int, xip: tuple[int, ...], *, xmax: int = 100, at: float = 0.0
+) -> Pending:
+    return Pending(
+        None if after is None else (str(after),),
+        (str(upto),),
+        Snapshot(min(xip, default=xmax), xmax, xip),
+        at,
+    )
+
+
+def test_a_snapshot_parses_and_says_which_transactions_have_finished() -> None:
+    s = Snapshot.parse("10:20:12,15")
+    assert (s.xmin, s.xmax, s.xip) == (10, 20, (12, 15))
+    assert s.finished(9) and s.finished(13) and not s.finished(12) and not s.finished(15)
+    assert Snapshot.parse("7:7:").xip == ()
+
+
+def test_a_range_settles_once_its_transactions_finished_and_the_lookback_passed() -> None:
+    state = WatermarkState(("5",), (pending(None, 5, (42,), at=100.0),), 1)
+    running = Snapshot(42, 50, (42,))
+    done = Snapshot(50, 50, ())
+    assert settle(state, running, now=200.0, lookback=0) == state.pending
+    assert settle(state, done, now=100.5, lookback=10) == state.pending  # the look-back is not over
+    assert settle(state, done, now=111.0, lookback=10) == ()
+
+
+def test_pending_ranges_stay_bounded_and_a_merge_never_settles_earlier_than_its_parts() -> None:
+    ranges: tuple[Pending, ...] = ()
+    for i in range(50):  # a transaction (xid 7) left open for 50 polls, others coming and going
+        ranges = add_pending(ranges, pending(i or None, i + 1, (7, 1000 + i), xmax=1000 + i + 1, at=float(i)))
+    assert len(ranges) == MAX_PENDING
+    first = ranges[0]
+    assert first.after is None and first.at == 0.0 and {7, 1000, 1041}.issubset(first.snapshot.xip)
+    assert first.snapshot.xmax == 1001  # watches late writers from the oldest snapshot on
+    assert [r.after for r in ranges[1:]] == [r.upto for r in ranges[:-1]]  # still consecutive
+    # xid 7 still runs: nothing settles; once every xid finished, everything does
+    state = WatermarkState(("50",), ranges, 50)
+    assert settle(state, Snapshot(7, 2000, (7,)), now=1e9, lookback=0) == ranges
+    assert settle(state, Snapshot(2000, 2000, ()), now=1e9, lookback=0) == ()
+
+
+def test_the_state_survives_its_json_form() -> None:
+    state = WatermarkState(("2026-01-01 00:00:00+00", "7"), (pending(3, 7, (9, 11), at=1.5),), 42)
+    assert WatermarkState.from_json(state.to_json()) == state
