@@ -291,6 +291,17 @@ class Batcher:
             return self._close()
         return None
 
+    def close_table(self, table: TableId) -> ChangeBatch | None:
+        """Close the batch now if it holds anything of ``table`` (cut inside the open transaction).
+
+        Used before the table's layout changes and before it is paused: its buffered changes go
+        out in a batch of their own, so its position never covers changes it did not take.
+        """
+        buf = self._buffers.get(table)
+        if buf is None or not (buf.ops or buf.truncate or buf.cleanup_below):
+            return None
+        return self._cut(self._txn) if self._txn is not None else self._close()
+
     def discard_open_transaction(self) -> None:
         """Forget the open transaction (the stream broke); only valid when nothing of it was emitted."""
         self._txn = None
@@ -309,13 +320,8 @@ class Batcher:
         old = self._schemas.get(schema.table)
         buf = self._buffers.get(schema.table)
         batch = None
-        if (
-            buf is not None
-            and (buf.ops or buf.truncate)
-            and old is not None
-            and old.columns != schema.columns
-        ):
-            batch = self._cut(self._txn) if self._txn is not None else self._close()
+        if buf is not None and old is not None and old.columns != schema.columns:
+            batch = self.close_table(schema.table)
         self._schemas[schema.table] = schema
         buf = self._buffers.get(schema.table)
         if buf is not None:

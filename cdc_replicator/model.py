@@ -236,6 +236,7 @@ class RelationChanged:
 
     relation_id: int
     schema: TableSchema
+    seq: int = 0  # row changes of the open transaction before it: the next one is seq + 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -478,6 +478,7 @@ class Replicator:
             schemas=schemas,
             chunk_rows=min(self._cfg.snapshot.chunk_rows, max(1, self._cfg.batch.max_rows // 2), 20_000),
             connect_timeout=src.connect_timeout_seconds,
+            paused=self._paused,
         )
         source = LogicalSource(
             src.dsn,
@@ -539,6 +540,8 @@ class Replicator:
                     confirmed = self._on_relation(ev, batcher, source, confirmed, resync, txn_commit)
                 elif isinstance(ev, SourceMessage):
                     for injected in resync.on_message(ev, txn_commit):
+                        if injected.table in self._paused:
+                            continue  # a paused table takes nothing, re-sync rows included
                         done = batcher.add(injected)
                         if done is not None:
                             confirmed = self._apply(done, source, confirmed, resync)
@@ -972,16 +975,21 @@ class Replicator:
             return confirmed
         old = self._applied.get(table)
         held = self._sink.position(table)
-        if old is None or (held is not None and txn_commit < held.lsn):
-            # a transaction the table already holds whole (a replay after a restart or a re-sync).
-            # Not a partial position inside it: the cut before the change may be all it holds,
-            # so the change is decided again (evolving is idempotent).
+        if old is None or (held is not None and held.holds(txn_commit, ev.seq + 1)):
+            # the table already holds the first change after this layout (a replay after a restart
+            # or a re-sync): nothing to decide. Holding only the changes before it (the cut made
+            # at the change) is not enough: then it is decided again (evolving is idempotent).
             self._applied[table] = new
             batch = batcher.add(ev)
             return confirmed if batch is None else self._apply(batch, source, confirmed, resync)
         contract = self._cfg.table(table).contract
         decision = decide(contract, old, new)
         if decision.action == "pause":
+            # the old-layout changes still buffered go out first, with a position inside this
+            # transaction at most: the table then holds nothing from the change on
+            batch = batcher.close_table(table)
+            if batch is not None:
+                confirmed = self._apply(batch, source, confirmed, resync)
             cap = batcher.last_end
             self._paused[table] = (cap, decision.reason)
             reason = f"schema change at {txn_commit}: {decision.summary} ({decision.reason})"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import psycopg
@@ -115,7 +115,9 @@ class Resyncer:
         schemas: Mapping[TableId, TableSchema],
         chunk_rows: int,
         connect_timeout: float = 10.0,
+        paused: Container[TableId] = (),
     ) -> None:
+        self._paused = paused  # tables held back by a schema change: they cannot be re-synced live
         self._dsn = dsn
         self._slot = slot
         self._state = state
@@ -239,6 +241,16 @@ class Resyncer:
                 continue  # the same request seen again after a restart
             done = [r for r in self._state.resyncs(self._slot) if r.table == tid and r.request == request]
             if done and done[0].state != "running":
+                continue
+            if tid in self._paused:
+                rec = _Table(schema, request).record(
+                    "failed",
+                    "the table is paused by a schema change: stop the daemon, then run snapshot --table",
+                )
+                self._state.save_resync(self._slot, rec)
+                logger.error(
+                    "live re-sync of %s refused: the table is paused (stop the daemon, then snapshot)", tid
+                )
                 continue
             if not any(c.is_key for c in schema.columns) or (
                 schema.replica_identity == "f" and all(c.is_key for c in schema.columns)

@@ -143,7 +143,7 @@ class Decoder:
         )
         schema = TableSchema(table, columns, msg.replica_identity)
         self._relations[msg.relation_id] = schema
-        return [RelationChanged(msg.relation_id, schema)]
+        return [RelationChanged(msg.relation_id, schema, self._seq)]
 
 
 def _pick(values: tuple[Value, ...], keep: tuple[int, ...]) -> tuple[Value, ...]:

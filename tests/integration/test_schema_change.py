@@ -269,3 +269,31 @@ def test_a_crash_between_the_old_layout_commit_and_the_evolution_is_evolved_agai
     wait_converged(pg, tmp_lake, ["public.t"], daemon=daemon, source_columns_only=True)
     assert _types(tmp_lake, "public.t")["w"] == pa.int32()
     assert daemon.stop() == 0, daemon.output()
+
+
+def test_rows_of_a_paused_table_buffered_before_its_change_never_let_it_skip_what_it_dropped(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    pg.execute("create table t (id int primary key, v text)")
+    pg.execute("create table other (id int primary key)")
+    pg.execute("insert into t values (1, 'a')")
+    tables = ["public.t", "public.other"]
+    frozen = {"public.t": {"contract": "freeze"}}
+    # a long batch window: the change before the ALTER, the paused change and later ones share a batch
+    write_config(daemon.config, pg, tmp_lake, tables, table_extra=frozen, batch={"max_seconds": 3.0})
+    daemon.start()
+    wait_converged(pg, tmp_lake, tables, daemon=daemon)
+    pg.execute("update t set v = 'before the change' where id = 1")
+    pg.execute("alter table t add column w int")
+    pg.execute("insert into t values (2, 'after the change', 5)")
+    pg.execute("insert into other values (1)")
+    wait_converged(pg, tmp_lake, ["public.other"], daemon=daemon)
+    wait_until(
+        lambda: "table paused table=public.t" in daemon.logs[-1].read_text(), timeout=30, message="not paused"
+    )
+    assert daemon.stop() == 0, daemon.output()
+
+    write_config(daemon.config, pg, tmp_lake, tables, batch={"max_seconds": 3.0})  # evolve now allowed
+    daemon.start()
+    wait_converged(pg, tmp_lake, tables, daemon=daemon, source_columns_only=True)
+    assert daemon.stop() == 0, daemon.output()
