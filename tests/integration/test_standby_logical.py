@@ -126,6 +126,7 @@ def test_logical_decoding_on_the_standby_converges_under_the_randomized_workload
             == 0
         )
         assert _sessions(primary_db) == 0
+        assert _sessions(replica) >= 1  # the daemon's sessions are tagged: the count above means something
 
         w = Workload(primary_db, seed=21)
         writer = threading.Thread(target=lambda: w.run(400, concurrency=3), daemon=True)
@@ -176,21 +177,24 @@ def test_on_a_standby_a_missing_publication_and_feedback_off_are_clear_errors(
             conn.execute("select pg_reload_conf()")
 
 
-def test_slot_creation_on_a_standby_of_an_idle_primary_times_out_naming_the_fix(
+def test_slot_creation_on_a_standby_that_cannot_become_consistent_times_out_naming_the_fix(
     pair: tuple[LocalPostgres, LocalPostgres], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
 ) -> None:
     _primary, standby = pair
     primary_db.execute("create table t (id int primary key, v text)")
     _publish(primary_db, ["public.t"])
-    # a running-transactions record now; the primary's next one is >= 15 s away (bgwriter)
-    primary_db.execute("select pg_log_standby_snapshot()")
     replica = _replica(primary_db, standby)
-    time.sleep(0.5)
     write_config(
         daemon.config, replica, tmp_lake, ["public.t"], source_extra={"slot_create_timeout_seconds": 3}
     )
-    started = time.monotonic()
-    result = run_cli(daemon.config, "run", timeout=60)
+    # a transaction with an xid stays open on the primary: whatever running-transactions records
+    # the primary logs meanwhile, the slot on the standby cannot become consistent, so it must wait
+    with primary_db.connect() as open_txn:
+        open_txn.execute("insert into t values (1, 'uncommitted')")
+        _replica(primary_db, standby)
+        started = time.monotonic()
+        result = run_cli(daemon.config, "run", timeout=60)
+        open_txn.rollback()
     assert result.returncode == 3, result.stderr
     assert "gave up waiting for replication slot 'cdc_test' to be created after 3s" in result.stderr
     assert "select pg_log_standby_snapshot();" in result.stderr
