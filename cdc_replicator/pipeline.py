@@ -59,6 +59,7 @@ from cdc_replicator.source import checks, objects
 from cdc_replicator.source.logical import LogicalSource
 from cdc_replicator.source.replication import ReplicationConnection
 from cdc_replicator.source.watermark import (
+    RECONCILE_DELETE_KEY_OIDS,
     Page,
     Pending,
     PollResult,
@@ -66,6 +67,7 @@ from cdc_replicator.source.watermark import (
     WatermarkState,
     WatermarkTable,
     add_pending,
+    may_be_late,
     now_utc,
     page_patch,
     settle,
@@ -704,7 +706,7 @@ class Replicator:
                 if tc.name not in tables:
                     continue
                 schema = self._watermark_schema(source, tc)
-                self._sink.begin_load(schema, fresh=True)
+                self._begin_watermark_load(schema)
                 self._state.record_schema(
                     self._slot, tc.name, decision="load", new_schema=schema_to_json(schema)
                 )
@@ -721,11 +723,18 @@ class Replicator:
         finally:
             source.close()
 
+    def _begin_watermark_load(self, schema: TableSchema) -> None:
+        """An empty table whose commit says 'nothing read yet' (also in the state store's copy), so
+        a load cut short before its first page never resumes from an older watermark."""
+        empty = WatermarkState()
+        self._sink.begin_load(schema, fresh=True, metadata={_WATERMARK_KEY: empty.to_json()})
+        self._record_watermark(schema.table, empty)
+
     def _watermark_state(self, wt: WatermarkTable) -> WatermarkState:
         """The table's state from its newest Delta commit (or the state store's copy); create the table."""
         table = wt.schema.table
         if not self._sink.exists(table):
-            self._sink.begin_load(wt.schema, fresh=True)
+            self._begin_watermark_load(wt.schema)
             return WatermarkState()
         text = self._sink.latest_metadata(table, _WATERMARK_KEY)
         if text is None:
@@ -756,8 +765,10 @@ class Replicator:
         start = state.read
         fresh = start is None and not state.pending and (self._sink.row_count(table) or 0) == 0
         read = start
-        seq = state.seq
-        changed = pending != state.pending
+        # never below what the Delta table already holds (a state from the state store, or none)
+        held = self._sink.position(table)
+        seq = max(state.seq, held.lsn.value if held is not None else 0)
+        forward = False  # a page after the watermark was committed (its state drops settled ranges)
         rows_read = late_rows = 0
         for page in it:
             assert isinstance(page, Page)
@@ -765,9 +776,14 @@ class Replicator:
             if not page.late and page.last is not None:
                 read = page.last
             seq = max(seq + 1, header.lsn.value)
-            watch = pending
-            if read is not None and read != start and (header.snapshot.xip or lookback > 0):
-                watch = add_pending(pending, Pending(start, read, header.snapshot, polled_at))
+            if page.late:
+                # late pages come first; until all are read, every pending range stays recorded
+                # (a crash now must re-read the ranges not reached yet)
+                watch = state.pending
+            else:
+                watch = pending
+                if read is not None and read != start and (may_be_late(header.snapshot) or lookback > 0):
+                    watch = add_pending(pending, Pending(start, read, header.snapshot, polled_at))
             new = WatermarkState(read, watch, seq)
             meta = {_WATERMARK_KEY: new.to_json(), "cdc.op": "watermark"}
             at = now_utc()
@@ -794,9 +810,11 @@ class Replicator:
             self._after_watermark_commit(table, new, page, result, time.monotonic() - t0)
             rows_read += page.rows.num_rows
             late_rows += page.rows.num_rows if page.late else 0
-            state, changed = new, False
-        if changed:
-            # ranges settled without new rows: record it (an empty commit), so a restart skips them
+            state = new
+            forward |= not page.late
+        if not forward and state.pending != pending:
+            # ranges settled (and late pages, if any, all read) without new rows: record it (an
+            # empty commit), so a restart does not watch them again
             seq = max(seq + 1, header.lsn.value)
             new = WatermarkState(read, pending, seq)
             empty = TablePatch(wt.schema, _empty_patch_rows(wt.schema), changes=0)
@@ -866,6 +884,15 @@ class Replicator:
             else set(zip(*[still.rows.column(n).to_pylist() for n in names], strict=True))
         )
         gone = [k for k in as_text if tuple(v.encode() for v in k) not in present]
+        if gone and not all(c.type_oid in RECONCILE_DELETE_KEY_OIDS for c in key_cols):
+            # the keys are compared in Arrow's text form: exact only for integer and text keys
+            logger.warning(
+                "reconciliation found %d key(s) of %s gone from the database but deletes them only for "
+                "integer or text keys: use a delete_column, or re-sync the table",
+                len(gone),
+                table,
+            )
+            gone = []
         found = None
         if missing.num_rows and state.read is not None:
             # only rows polling has already passed: newer ones are the next poll's

@@ -157,7 +157,9 @@ class DeltaSink:
 
     # ---- chunked loads (cdc-replicator snapshot) --------------------------------------------
 
-    def begin_load(self, schema: TableSchema, *, fresh: bool) -> None:
+    def begin_load(
+        self, schema: TableSchema, *, fresh: bool, metadata: Mapping[str, str] | None = None
+    ) -> None:
         """Clear the table's position so a half-loaded table is never taken for a loaded one.
 
         ``fresh`` (or a missing table, or a schema that no longer matches) empties the table too;
@@ -167,7 +169,7 @@ class DeltaSink:
         tschema = target_schema(schema, soft_delete=table in self._soft)
         dt = self._open(table)
         same = dt is not None and [f.name for f in dt.schema().fields] == tschema.names
-        props = self._props(table, TablePosition(Lsn.ZERO), {"cdc.op": "load-begin"})
+        props = self._props(table, TablePosition(Lsn.ZERO), {"cdc.op": "load-begin", **(metadata or {})})
         try:
             if fresh or not same:
                 self._write(table, tschema.empty_table(), props, mode="overwrite", new_schema=True)

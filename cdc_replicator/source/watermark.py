@@ -38,6 +38,8 @@ from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
 from cdc_replicator.source.snapshot import TEXT_CAST_IS_OUTPUT
 
 __all__ = [
+    "MAX_PENDING",
+    "RECONCILE_DELETE_KEY_OIDS",
     "Page",
     "Pending",
     "PollResult",
@@ -46,6 +48,7 @@ __all__ = [
     "WatermarkState",
     "WatermarkTable",
     "add_pending",
+    "may_be_late",
     "page_patch",
     "settle",
 ]
@@ -54,6 +57,9 @@ logger = logging.getLogger(__name__)
 
 _TS_UTC = pa.timestamp("us", tz="UTC")
 _XID_MOD = 1 << 32
+_TEXT_OIDS = frozenset({25, 1043, 1042, 19})  # text, varchar, char, name
+# key types whose text form is also what the Delta-side comparison reads: deletes are safe for them
+RECONCILE_DELETE_KEY_OIDS = frozenset({20, 21, 23, *_TEXT_OIDS})
 
 
 # ---- state ---------------------------------------------------------------------------------------
@@ -296,14 +302,11 @@ class WatermarkSource:
                 snap = Snapshot.parse(str(row[0]))
                 header = PollResult(snap, Lsn.parse(str(row[1])), None if row[2] is None else float(row[2]))
                 yield header
-                late_xids, late_from = _late_writers(state.pending)
                 for p in state.pending:
-                    yield from self._pages(conn, t, p.after, p.upto, late_xids, late_from)
+                    yield from self._pages(conn, t, p.after, p.upto, p.snapshot.xmin)
                 after = state.read
                 while True:
-                    forward = next(
-                        iter(self._pages(conn, t, after, None, None, None, limit=t.page_size)), None
-                    )
+                    forward = next(iter(self._pages(conn, t, after, None, None, limit=t.page_size)), None)
                     if forward is None:
                         break
                     yield forward
@@ -320,17 +323,23 @@ class WatermarkSource:
         """Up to ``limit`` primary keys (text forms) at or after ``lo``, in key order (reconciliation)."""
         types = self._types[t.schema.table]
         key = t.schema.key
-        tbl = sa.table(t.schema.table.name, *[sa.column(c) for c in key], schema=t.schema.table.schema)
-        cols = [tbl.c[k] for k in key]
-        query = sa.select(*[sa.func.format("%s", c).label(c.name) for c in cols]).select_from(tbl)
+        names = [*key, *([t.delete_column] if t.delete_column else [])]
+        tbl = sa.table(t.schema.table.name, *[sa.column(c) for c in names], schema=t.schema.table.schema)
+        oids = {c.name: c.type_oid for c in t.schema.columns}
+        # Delta's range reads compare text keys byte-wise: the same order here (COLLATE "C")
+        cols = [tbl.c[k].collate("C") if oids[k] in _TEXT_OIDS else tbl.c[k] for k in key]
+        query = sa.select(*[sa.func.format("%s", tbl.c[k]).label(k) for k in key]).select_from(tbl)
+        if t.delete_column:  # rows marked deleted are not in Delta (or marked there): not "missing"
+            query = query.where(tbl.c[t.delete_column].is_(None))
         if lo is not None:
+            bound = [
+                sa.cast(sa.bindparam(f"k{i}", v, type_=sa.Text), _PgType(types[k]))
+                for i, (k, v) in enumerate(zip(key, lo, strict=True))
+            ]
             query = query.where(
                 sa.tuple_(*cols)
                 >= sa.tuple_(
-                    *[
-                        sa.cast(sa.bindparam(f"k{i}", v, type_=sa.Text), _PgType(types[k]))
-                        for i, (k, v) in enumerate(zip(key, lo, strict=True))
-                    ]
+                    *[b.collate("C") if oids[k] in _TEXT_OIDS else b for k, b in zip(key, bound, strict=True)]
                 )
             )
         query = query.order_by(*cols).limit(limit)
@@ -392,11 +401,12 @@ class WatermarkSource:
         t: WatermarkTable,
         after: tuple[str, ...] | None,
         upto: tuple[str, ...] | None,
-        late_xids: Sequence[int] | None,
         late_from: int | None,
         *,
         limit: int | None = None,
     ) -> Iterator[Page]:
+        """Rows of ``(after, upto]`` in order; ``late_from``: only rows written by a transaction (or
+        subtransaction) at or after that xid — the ones that may have committed after the poll."""
         types = self._types[t.schema.table]
         tbl = sa.table(
             t.schema.table.name, *[sa.column(c) for c in t.schema.column_names], schema=t.schema.table.schema
@@ -416,21 +426,16 @@ class WatermarkSource:
             cond.append(sa.tuple_(*order) > bound(after, "a"))
         if upto is not None:
             cond.append(sa.tuple_(*order) <= bound(upto, "u"))
-        if late_xids is not None:
-            # xmin is a 32-bit xid; the snapshot's are 64-bit: compare modulo 2^32
+        if late_from is not None:
+            # xmin is a 32-bit xid, the snapshot's are 64-bit: at or after late_from, modulo 2^32
             xmin = sa.cast(sa.cast(sa.literal_column("xmin"), sa.Text), sa.BigInteger)
-            late: list[sa.ColumnElement[bool]] = (
-                [xmin.in_([x % _XID_MOD for x in late_xids])] if late_xids else []
-            )
-            if late_from is not None:
-                # at or after late_from in the circular xid space
-                late.append(sa.func.mod(xmin - (late_from % _XID_MOD) + _XID_MOD, _XID_MOD) < (1 << 31))
-            cond.append(sa.or_(*late) if late else sa.false())
+            cond.append(sa.func.mod(xmin - (late_from % _XID_MOD) + _XID_MOD, _XID_MOD) < (1 << 31))
         items = [_text_of(tbl.c[c.name], c.type_oid).label(c.name) for c in t.schema.columns]
         query = sa.select(*items).select_from(tbl).where(*cond).order_by(*order)
         if limit is not None:
             query = query.limit(limit)
-        result = conn.execute(query)
+        # late reads have no LIMIT: a server-side cursor keeps memory to one page
+        result = conn.execution_options(stream_results=True, max_row_buffer=t.page_size).execute(query)
         while True:
             rows = result.fetchmany(t.page_size)
             if not rows:
@@ -441,7 +446,7 @@ class WatermarkSource:
                 for i, name in enumerate(t.schema.column_names)
             }
             last = tuple(str(rows[-1][t.schema.column_names.index(c)]) for c in t.order)
-            yield Page(pa.table(arrays), last, late_xids is not None)
+            yield Page(pa.table(arrays), last, late_from is not None)
             if limit is not None:
                 return
 
@@ -453,21 +458,20 @@ def _text_of(col: sa.ColumnClause[Any], type_oid: int) -> sa.ColumnElement[Any]:
     return sa.case((col.is_(None), None), else_=sa.func.format("%s", col))
 
 
-def _late_writers(pending: Sequence[Pending]) -> tuple[list[int], int | None]:
-    """Transactions whose rows may land in pending ranges: in progress at a poll, or started after it."""
-    xids = sorted({x for p in pending for x in p.snapshot.xip})
-    start = min((p.snapshot.xmax for p in pending), default=None)
-    return xids, start
-
-
 def settle(state: WatermarkState, snap: Snapshot, *, now: float, lookback: float) -> tuple[Pending, ...]:
-    """The pending ranges still to watch: a range is settled once every transaction in progress at
-    its poll has finished (``snap`` says so) and ``lookback`` seconds have passed since it."""
-    return tuple(
-        p
-        for p in state.pending
-        if not (all(snap.finished(x) for x in p.snapshot.xip) and now - p.at >= lookback)
-    )
+    """The pending ranges still to watch. A range is settled once every transaction that may have
+    been running at its poll — every xid below its snapshot's xmax — has finished (the current
+    snapshot's xmin has passed it) and ``lookback`` seconds have passed since it.
+
+    The snapshot's xip list is not used: on a hot standby PostgreSQL reports running transactions
+    only as subtransactions, so xip is empty there, and a row written in a subtransaction carries
+    an xid that xip never lists. ``[xmin, xmax)`` covers both."""
+    return tuple(p for p in state.pending if not (snap.xmin >= p.snapshot.xmax and now - p.at >= lookback))
+
+
+def may_be_late(snap: Snapshot) -> bool:
+    """Whether a range read in this snapshot can still receive rows: a transaction may be running."""
+    return snap.xmin < snap.xmax
 
 
 MAX_PENDING = 8  # pending ranges kept apart; older ones are merged (each is re-read every poll)
@@ -478,9 +482,9 @@ def add_pending(
 ) -> tuple[Pending, ...]:
     """``pending`` plus ``new``; past ``limit`` entries the two oldest merge into one.
 
-    Ranges are consecutive, so a merge covers both; it waits for the union of their transactions,
-    watches writers from the older snapshot's xmax on and counts time from the older poll: it
-    settles no earlier than either part would, so merging never loses a late row. Without it, a
+    Ranges are consecutive, so a merge covers both; it waits until the later xmax is passed,
+    re-reads writers from the older xmin on and counts time from the older poll: it settles no
+    earlier and watches no fewer rows than either part would, so merging never loses a late row. Without it, a
     transaction left open for hours would add a range per poll, each re-read every poll and all
     stored in every commit.
     """
@@ -489,7 +493,7 @@ def add_pending(
         a, b = out[0], out[1]
         snap = Snapshot(
             min(a.snapshot.xmin, b.snapshot.xmin),
-            min(a.snapshot.xmax, b.snapshot.xmax),
+            max(a.snapshot.xmax, b.snapshot.xmax),
             tuple(sorted(set(a.snapshot.xip) | set(b.snapshot.xip))),
         )
         out[:2] = [Pending(a.after, b.upto, snap, min(a.at, b.at))]

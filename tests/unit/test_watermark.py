@@ -8,6 +8,7 @@ from cdc_replicator.source.watermark import (
     Snapshot,
     WatermarkState,
     add_pending,
+    may_be_late,
     settle,
 )
 
@@ -30,13 +31,14 @@ def test_a_snapshot_parses_and_says_which_transactions_have_finished() -> None:
     assert Snapshot.parse("7:7:").xip == ()
 
 
-def test_a_range_settles_once_its_transactions_finished_and_the_lookback_passed() -> None:
-    state = WatermarkState(("5",), (pending(None, 5, (42,), at=100.0),), 1)
-    running = Snapshot(42, 50, (42,))
-    done = Snapshot(50, 50, ())
-    assert settle(state, running, now=200.0, lookback=0) == state.pending
-    assert settle(state, done, now=100.5, lookback=10) == state.pending  # the look-back is not over
-    assert settle(state, done, now=111.0, lookback=10) == ()
+def test_a_range_settles_once_every_xid_below_its_xmax_finished_and_the_lookback_passed() -> None:
+    # on a hot standby xip is always empty: only xmin/xmax tell what may still be running
+    state = WatermarkState(("5",), (Pending(None, ("5",), Snapshot(42, 50, ()), 100.0),), 1)
+    assert settle(state, Snapshot(42, 60, ()), now=200.0, lookback=0) == state.pending  # 42..49 may run
+    assert settle(state, Snapshot(49, 60, (49,)), now=200.0, lookback=0) == state.pending
+    assert settle(state, Snapshot(50, 60, ()), now=100.5, lookback=10) == state.pending  # look-back not over
+    assert settle(state, Snapshot(50, 60, ()), now=111.0, lookback=10) == ()
+    assert may_be_late(Snapshot(42, 50, ())) and not may_be_late(Snapshot(50, 50, ()))
 
 
 def test_pending_ranges_stay_bounded_and_a_merge_never_settles_earlier_than_its_parts() -> None:
@@ -45,12 +47,11 @@ def test_pending_ranges_stay_bounded_and_a_merge_never_settles_earlier_than_its_
         ranges = add_pending(ranges, pending(i or None, i + 1, (7, 1000 + i), xmax=1000 + i + 1, at=float(i)))
     assert len(ranges) == MAX_PENDING
     first = ranges[0]
-    assert first.after is None and first.at == 0.0 and {7, 1000, 1041}.issubset(first.snapshot.xip)
-    assert first.snapshot.xmax == 1001  # watches late writers from the oldest snapshot on
+    assert first.after is None and first.at == 0.0
+    assert first.snapshot.xmin == 7 and first.snapshot.xmax == 1043  # oldest xmin, newest xmax merged
     assert [r.after for r in ranges[1:]] == [r.upto for r in ranges[:-1]]  # still consecutive
-    # xid 7 still runs: nothing settles; once every xid finished, everything does
     state = WatermarkState(("50",), ranges, 50)
-    assert settle(state, Snapshot(7, 2000, (7,)), now=1e9, lookback=0) == ranges
+    assert settle(state, Snapshot(7, 2000, (7,)), now=1e9, lookback=0) == ranges  # xid 7 still runs
     assert settle(state, Snapshot(2000, 2000, ()), now=1e9, lookback=0) == ()
 
 
