@@ -147,9 +147,10 @@ def run(ctx: click.Context, once: bool) -> None:
 def snapshot(ctx: click.Context, tables: tuple[str, ...], parallel: int | None) -> None:
     """Load tables into Delta: fast, parallel, resumable (run it again after an interruption).
 
-    Without --table, every table is reloaded and the slot recreated. With --table, only those
-    tables are reloaded; the daemon's slot is kept and the daemon continues where it was.
-    Stop the daemon first.
+    Without --table (stop the daemon first), every table is reloaded and the slot recreated. With
+    --table, only those tables are reloaded and the daemon's slot is kept: while the daemon streams,
+    it re-syncs them live (not a paused table: stop the daemon for that); otherwise they are loaded
+    here and the daemon continues where it was. In watermark mode stop the daemon first.
     """
     from cdc_replicator.daemon import install_signal_handlers
     from cdc_replicator.model import TableId

@@ -59,7 +59,8 @@ __all__ = [
 
 ENV_PREFIX: Final = "CDC_REPLICATOR_"
 # Variables with the prefix that are not config keys (so not typos).
-_RESERVED_ENV: Final = frozenset({"CDC_REPLICATOR_CONFIG"})
+# (CDC_REPLICATOR_MIGRATIONS: a directory holding state/ and source/ migrations, for packagers)
+_RESERVED_ENV: Final = frozenset({"CDC_REPLICATOR_CONFIG", "CDC_REPLICATOR_MIGRATIONS"})
 
 SourceMode = Literal["logical", "watermark"]
 HeartbeatKind = Literal["message", "table"]

@@ -83,3 +83,17 @@ def test_two_instances_do_not_share_a_registry() -> None:
     a.batches.inc()
     assert value(scrape(a), "cdc_batches_applied_total") == 1
     assert value(scrape(b), "cdc_batches_applied_total") == 0
+
+
+def test_every_metric_the_readme_lists_is_exported_under_that_name() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| `cdc_")]
+    named = {n for line in table for n in re.findall(r"`(cdc_[a-z_]+)", line)}
+    families = list(
+        text_string_to_metric_families(Metrics(HealthState((ORDERS,)), (ORDERS,)).render().decode())
+    )
+    exported = {f.name for f in families} | {f.name + "_total" for f in families if f.type == "counter"}
+    assert len(named) >= 25 and named <= exported, sorted(named - exported)
