@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 import pyarrow as pa
@@ -74,7 +74,7 @@ from cdc_replicator.source.watermark import (
     wall,
 )
 from cdc_replicator.state import StateStore, migrations_dir
-from cdc_replicator.typemap import cast_text
+from cdc_replicator.typemap import cast_text, resolve_domains, unresolved_types
 
 __all__ = ["BatchReport", "Replicator"]
 
@@ -121,6 +121,7 @@ class Replicator:
         self._metrics = metrics
         self._once = False
         self._applied: dict[TableId, TableSchema] = {}  # the layout each Delta table holds
+        self._domains: dict[int, tuple[int, int]] | None = None  # domain oid -> (base oid, typmod)
         self._selections = {
             t.name: ColumnSelection(frozenset(t.columns), frozenset(t.exclude_columns)) for t in config.tables
         }
@@ -997,9 +998,10 @@ class Replicator:
         txn_commit: Lsn,
     ) -> Lsn:
         """A table's layout in the stream: follow it, or pause the table, as its contract says."""
-        table, new = ev.schema.table, ev.schema
-        if table not in self._tables or table in self._paused:
+        if ev.schema.table not in self._tables or ev.schema.table in self._paused:
             return confirmed
+        ev = replace(ev, schema=self._base_types(ev.schema))
+        table, new = ev.schema.table, ev.schema
         old = self._applied.get(table)
         held = self._sink.position(table)
         if old is None or (held is not None and held.holds(txn_commit, ev.seq + 1)):
@@ -1066,6 +1068,18 @@ class Replicator:
             )
         self._applied[table] = new
         return confirmed
+
+    def _base_types(self, schema: TableSchema) -> TableSchema:
+        """Domain columns typed as their base type, as the catalog path types them (``read_schema``).
+
+        The domains are read from the source when a Relation message names a type the daemon does
+        not know yet (a domain created while it runs; enums and composites ask again, rarely).
+        """
+        if self._domains is None or unresolved_types(schema, self._domains):
+            src = self._cfg.source
+            with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
+                self._domains = checks.load_domains(conn)
+        return resolve_domains(schema, self._domains)
 
     def _apply(self, batch: ChangeBatch, source: LogicalSource, confirmed: Lsn, resync: Resyncer) -> Lsn:
         started = time.monotonic()

@@ -2,41 +2,22 @@
 
 Both data paths (COPY csv and pgoutput text tuples) deliver a column as PostgreSQL's *text output*
 of a session running with ``DateStyle=ISO``, ``TimeZone=UTC``, ``extra_float_digits=3``,
-``bytea_output=hex`` and ``IntervalStyle=postgres``. This module is the one registry (``TYPES``,
+``bytea_output=hex``, ``IntervalStyle=postgres`` and ``lc_monetary=C``. This module is the one registry (``TYPES``,
 one :class:`PgType` entry per type OID) that says which Arrow type a column becomes and how its
 text is cast, with ``pyarrow.compute`` kernels over whole arrays. Pure: no I/O.
 
-===============  ===============================  ==================================================
-PostgreSQL       Arrow                            notes
-===============  ===============================  ==================================================
-int2/int4/int8   int16 / int32 / int64
-oid              int64                            unsigned 32-bit in PostgreSQL
-float4/float8    float32 / float64                ``NaN``, ``Infinity``, ``-Infinity`` round-trip
-numeric(p,s)     decimal128(p, s)                 when it fits 38 digits; ``NaN``/``±Infinity`` raise
-                                                  ``DecodeError``. Negative scale (PG 15):
-                                                  decimal128(p - s, 0); scale > precision:
-                                                  decimal128(s, s)
-numeric          string                           unconstrained or wider than 38 digits: the exact
-                                                  text, lossless (Delta has no decimal256)
-bool             bool                             ``t`` / ``f``
-bytea            binary                           from ``\\x`` + hex
-date             date32                           ``±infinity`` and BC dates raise ``DecodeError``
-timestamp        timestamp[us]                    timezone-naive (Delta feature ``timestampNtz``)
-timestamptz      timestamp[us, tz=UTC]            any offset (``+05:30``, ``-03``, ``+05:21:10``)
-                                                  is converted to UTC; ``±infinity`` and BC raise
-time, timetz,    string                           delta-rs rejects Arrow time64 and duration
-interval
-text, varchar,   string                           exactly as printed (``bpchar`` keeps its padding)
-bpchar, name,
-"char", unknown
-uuid             string                           canonical lower-case text
-json, jsonb      string                           exactly as PostgreSQL prints it
-arrays (_*)      string                           the array's text form, e.g. ``{1,2,NULL}``
-anything else    string                           unknown OIDs (enums, domains, extensions) keep text
-===============  ===============================  ==================================================
+The README's "Type map" lists every type with its Delta type and the choices made where Delta has
+no exact equivalent; in short: integers, floats, bool, bytea, date and timestamps map to their
+Arrow types; numeric(p,s) up to 38 digits and money to decimal128 (numeric NaN → NULL); everything
+else — unconstrained numeric, time, interval, uuid, json, network, range, geometric and extension
+types, enums, composites and arrays of anything — keeps its exact text. Domains take their base type
+(``resolve_domains``). Dates and timestamps follow Delta's range 0001-01-01..9999-12-31: ±infinity
+become its ends; dates outside it are clamped (delta-rs cannot read back such statistics), while
+timestamps outside it (BC, after 9999) keep their exact value.
 
-A value that cannot be represented raises :class:`~cdc_replicator.errors.DecodeError` naming the
-type and one offending value; nothing is silently coerced.
+A value stored differently by design is reported in ``notes`` (the sink logs it); a value that cannot
+be stored at all raises :class:`~cdc_replicator.errors.DecodeError` naming the type and one offending
+value. Nothing is silently coerced.
 """
 
 from __future__ import annotations
@@ -51,13 +32,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc_replicator.errors import DecodeError
-from cdc_replicator.model import Column
+from cdc_replicator.model import Column, TableSchema
 
-__all__ = ["TYPES", "PgType", "arrow_schema", "arrow_type", "cast_text", "pg_type"]
+__all__ = [
+    "TYPES",
+    "PgType",
+    "arrow_schema",
+    "arrow_type",
+    "cast_text",
+    "pg_type",
+    "resolve_domains",
+    "unresolved_types",
+]
 
-# A cast takes valid UTF-8 text (Arrow ``string``, nulls allowed) and the target type; it returns an
-# array of exactly that type, or raises ``pa.ArrowInvalid`` / ``_Unparsable`` when any value is bad.
-Caster = Callable[[pa.Array, pa.DataType], pa.Array]
+# A cast takes valid UTF-8 text (Arrow ``string``, nulls allowed), the target type and a list to which
+# it appends a note for every kind of value it had to store differently (documented, never silent);
+# it returns an array of exactly the target type, or raises ``pa.ArrowInvalid`` / ``_Unparsable`` when
+# some value cannot be stored at all.
+Caster = Callable[[pa.Array, pa.DataType, list[str]], pa.Array]
 
 _VARHDRSZ: Final = 4
 _MAX_DECIMAL128_DIGITS: Final = 38
@@ -94,7 +86,7 @@ class PgType:
 # ---- casters -------------------------------------------------------------------------------------
 
 
-def _keep_text(text: pa.Array, target: pa.DataType) -> pa.Array:
+def _keep_text(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa.Array:
     return text
 
 
@@ -103,7 +95,12 @@ def _any(mask: pa.Array) -> bool:
     return pc.any(mask).as_py() is True
 
 
-def _cast_int(text: pa.Array, target: pa.DataType) -> pa.Array:
+def _count(mask: pa.Array) -> int:
+    """How many entries of a boolean array are true."""
+    return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
+
+
+def _cast_int(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa.Array:
     # Arrow's integer parser reads a leading "0x"/"0X" as hex ("0xffffffffffffffff" → -1 as int64);
     # PostgreSQL never prints hex, so refuse it. (starts_with is ~20x cheaper than a case-insensitive
     # match_substring, which runs a regex.)
@@ -112,24 +109,38 @@ def _cast_int(text: pa.Array, target: pa.DataType) -> pa.Array:
     return pc.cast(text, target)
 
 
-def _cast_float(text: pa.Array, target: pa.DataType) -> pa.Array:
+def _cast_float(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa.Array:
     # Arrow parses NaN / Infinity / -Infinity (case-insensitively) and rounds to the target width.
     return pc.cast(text, target)
 
 
-def _cast_bool(text: pa.Array, target: pa.DataType) -> pa.Array:
+def _cast_bool(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa.Array:
     is_true = pc.equal(text, "t")
     if _any(pc.invert(pc.or_(is_true, pc.equal(text, "f")))):
         raise _Unparsable
     return is_true
 
 
-def _cast_decimal(text: pa.Array, target: pa.DataType) -> pa.Array:
-    # Arrow raises on NaN/Infinity, on too many digits and on a rescale that would lose digits.
+def _cast_decimal(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa.Array:
+    # A numeric(p,s) column may hold NaN (never ±Infinity: PostgreSQL refuses those there); a
+    # decimal cannot. NaN is stored as NULL and noted. Arrow raises on anything else it cannot
+    # parse, on too many digits and on a rescale that would lose digits.
+    nan = pc.equal(text, "NaN")
+    if _any(nan):
+        notes.append(f"{_count(nan)} NaN value(s) stored as NULL (a decimal has no NaN)")
+        text = pc.if_else(nan, pa.scalar(None, pa.string()), text)
     return pc.cast(text, target)
 
 
-def _cast_bytea(text: pa.Array, target: pa.DataType) -> pa.Array:
+def _cast_money(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa.Array:
+    """``-$1,234.56`` (lc_monetary=C, which every session of the daemon sets) → decimal(19,2)."""
+    if _any(pc.invert(pc.match_substring_regex(text, r"^-?\$[0-9,]+\.[0-9]{2}$"))):
+        raise _Unparsable
+    plain = pc.replace_substring(pc.replace_substring(text, "$", ""), ",", "")
+    return pc.cast(plain, target)
+
+
+def _cast_bytea(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa.Array:
     """``\\x`` + hex → binary: drop every value's prefix, then unhexlify all digits in one call."""
     n = len(text)
     filled = text.fill_null("\\x") if text.null_count else text
@@ -160,21 +171,21 @@ def _cast_bytea(text: pa.Array, target: pa.DataType) -> pa.Array:
     )
 
 
-def _cast_date(text: pa.Array, target: pa.DataType) -> pa.Array:
-    try:
+def _cast_date(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa.Array:
+    try:  # fast path: Arrow's parser reads 4-digit years, all inside Delta's range
         return pc.cast(text, target)
     except pa.ArrowInvalid:
-        return _parse_temporal(text, target)
+        return _parse_temporal(text, target, notes)
 
 
-def _cast_timestamp(text: pa.Array, target: pa.DataType) -> pa.Array:
+def _cast_timestamp(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa.Array:
     try:  # fast path: 4-digit years, offsets of whole minutes
         return pc.cast(text, target)
     except pa.ArrowInvalid:
-        return _parse_temporal(text, target)
+        return _parse_temporal(text, target, notes)
 
 
-# ---- the general date/timestamp parser: years past 9999, offsets with seconds, precise errors ---
+# ---- the general date/timestamp parser: infinity, BC, years past 9999, offsets with seconds ------
 
 _DATE_PART: Final = r"^(?P<year>\d{4,7})-(?P<month>\d\d)-(?P<day>\d\d)"
 _TIME_PART: Final = r" (?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)(?:\.(?P<fraction>\d{1,6}))?"
@@ -186,25 +197,41 @@ _TIMESTAMPTZ_RE: Final = _DATE_PART + _TIME_PART + _OFFSET_PART + _ERA_PART
 _DAYS_IN_MONTH: Final = pa.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], pa.int64())
 _MICROS_PER_DAY: Final = 86_400_000_000
 _MICROS_PER_SECOND: Final = 1_000_000
+# Delta's range (its protocol's, and the one readers parse in file statistics): 0001-01-01 to
+# 9999-12-31 23:59:59.999999. ±infinity become its ends.
+DATE_MIN_DAYS: Final = -719_162  # 0001-01-01
+DATE_MAX_DAYS: Final = 2_932_896  # 9999-12-31
+TIMESTAMP_MIN_MICROS: Final = DATE_MIN_DAYS * _MICROS_PER_DAY
+TIMESTAMP_MAX_MICROS: Final = (DATE_MAX_DAYS + 1) * _MICROS_PER_DAY - 1
+_PLACEHOLDER: Final = {
+    "date": "1970-01-01",
+    "timestamp": "1970-01-01 00:00:00",
+    "timestamptz": "1970-01-01 00:00:00+00",
+}
 
 
-def _parse_temporal(text: pa.Array, target: pa.DataType) -> pa.Array:
-    """Parse ISO date/timestamp text by its fields: any 4- to 7-digit year, any UTC offset.
+def _parse_temporal(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa.Array:
+    """Parse ISO date/timestamp text by its fields: any 4- to 7-digit year, BC, any UTC offset.
 
     Slower than Arrow's own parser (one regex per value), so only used when that one refuses a
-    chunk. Validates every field; BC dates and ``infinity`` do not match and raise.
+    chunk. Validates every field. ``infinity``/``-infinity`` become the ends of Delta's range;
+    BC years are proleptic Gregorian (1 BC is year 0). A timestamp outside Delta's range keeps its
+    exact value (delta-rs writes and reads it); a date outside it is stored as the nearest end,
+    because delta-rs's reader cannot parse such a date in the file statistics. Both are noted.
     """
     if pa.types.is_date(target):
-        pattern = _DATE_RE
+        kind, pattern = "date", _DATE_RE
     elif target.tz is None:
-        pattern = _TIMESTAMP_RE
+        kind, pattern = "timestamp", _TIMESTAMP_RE
     else:
-        pattern = _TIMESTAMPTZ_RE
+        kind, pattern = "timestamptz", _TIMESTAMPTZ_RE
+    plus, minus = pc.equal(text, "infinity"), pc.equal(text, "-infinity")
+    infinite = pc.or_(plus, minus)
+    if _any(infinite):
+        text = pc.if_else(infinite, pa.scalar(_PLACEHOLDER[kind]), text)
     parts = pc.extract_regex(text, pattern)
     if _any(pc.and_(pc.is_valid(text), pc.is_null(parts))):
         raise _Unparsable
-    if _any(pc.equal(pc.struct_field(parts, "bc"), " BC")):
-        raise _Unparsable  # proleptic-Gregorian BC dates: a later issue decides
 
     def number(name: str, width: int = 0) -> pa.Array:
         # struct_field keeps the struct's nulls; pad optional fields ("" → "00", "5" → "500000").
@@ -216,29 +243,51 @@ def _parse_temporal(text: pa.Array, target: pa.DataType) -> pa.Array:
     year, month, day = number("year"), number("month"), number("day")
     if _any(pc.or_(pc.less(month, 1), pc.greater(month, 12))):
         raise _Unparsable
+    bc = pc.equal(pc.struct_field(parts, "bc"), " BC")
+    if _any(bc):
+        year = pc.if_else(bc, pc.subtract(1, year), year)  # 1 BC is year 0 of the proleptic calendar
     leap = pc.and_(pc.equal(month, 2), _is_leap(year))
     last_day = pc.add(pc.take(_DAYS_IN_MONTH, month), pc.cast(leap, pa.int64()))
     if _any(pc.or_(pc.less(day, 1), pc.greater(day, last_day))):
         raise _Unparsable
     days = _days_from_civil(year, month, day)
-    if pa.types.is_date(target):
-        return pc.cast(pc.cast(days, pa.int32()), target)
-
-    hour, minute, second = number("hour"), number("minute"), number("second")
-    if _any(pc.or_(pc.or_(pc.greater(hour, 23), pc.greater(minute, 59)), pc.greater(second, 59))):
-        raise _Unparsable
-    seconds = pc.add(pc.add(pc.multiply(hour, 3600), pc.multiply(minute, 60)), second)
-    if target.tz is not None:
-        offset = pc.add(
-            pc.add(pc.multiply(number("oh"), 3600), pc.multiply(number("om", 2), 60)), number("os", 2)
+    if kind == "date":
+        low, high = DATE_MIN_DAYS, DATE_MAX_DAYS
+        outside = pc.and_(pc.invert(infinite), pc.or_(pc.less(days, low), pc.greater(days, high)))
+        if _any(outside):
+            notes.append(
+                f"{_count(outside)} date(s) outside 0001-01-01..9999-12-31 stored as the nearest end "
+                "of that range"
+            )
+            days = pc.max_element_wise(
+                pc.min_element_wise(days, high, skip_nulls=False), low, skip_nulls=False
+            )
+        value = days
+    else:
+        hour, minute, second = number("hour"), number("minute"), number("second")
+        if _any(pc.or_(pc.or_(pc.greater(hour, 23), pc.greater(minute, 59)), pc.greater(second, 59))):
+            raise _Unparsable
+        seconds = pc.add(pc.add(pc.multiply(hour, 3600), pc.multiply(minute, 60)), second)
+        if kind == "timestamptz":
+            offset = pc.add(
+                pc.add(pc.multiply(number("oh"), 3600), pc.multiply(number("om", 2), 60)), number("os", 2)
+            )
+            negative = pc.equal(pc.struct_field(parts, "sign"), "-")
+            seconds = pc.subtract(seconds, pc.if_else(negative, pc.negate(offset), offset))
+        value = pc.add_checked(
+            pc.multiply_checked(days, _MICROS_PER_DAY),
+            pc.add_checked(pc.multiply_checked(seconds, _MICROS_PER_SECOND), number("fraction", 6)),
         )
-        negative = pc.equal(pc.struct_field(parts, "sign"), "-")
-        seconds = pc.subtract(seconds, pc.if_else(negative, pc.negate(offset), offset))
-    micros = pc.add_checked(
-        pc.multiply_checked(days, _MICROS_PER_DAY),
-        pc.add_checked(pc.multiply_checked(seconds, _MICROS_PER_SECOND), number("fraction", 6)),
-    )
-    return pc.cast(micros, target)
+        low, high = TIMESTAMP_MIN_MICROS, TIMESTAMP_MAX_MICROS
+    if _any(infinite):
+        notes.append(
+            f"{_count(infinite)} ±infinity value(s) stored as the end of Delta's range "
+            f"({'9999-12-31' if kind == 'date' else '9999-12-31 23:59:59.999999'} / 0001-01-01)"
+        )
+        value = pc.if_else(plus, high, pc.if_else(minus, low, value))
+    if kind == "date":
+        return pc.cast(pc.cast(value, pa.int32()), target)
+    return pc.cast(value, target)
 
 
 def _is_leap(year: pa.Array) -> pa.Array:
@@ -248,9 +297,17 @@ def _is_leap(year: pa.Array) -> pa.Array:
     return pc.and_(divisible(4), pc.or_(pc.invert(divisible(100)), divisible(400)))
 
 
+_SHIFT_CYCLES: Final = 1_000  # 400-year cycles added so that every year PostgreSQL has (>= 4713 BC) is > 0
+
+
 def _days_from_civil(year: pa.Array, month: pa.Array, day: pa.Array) -> pa.Array:
-    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm), for year >= 1."""
-    y = pc.subtract(year, pc.cast(pc.less_equal(month, 2), pa.int64()))  # years start in March
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm), any year > -400000.
+
+    The calendar repeats every 400 years (146,097 days): years are shifted up by whole cycles so
+    that integer division is floor division, and the cycles are taken off the result.
+    """
+    shifted = pc.add(year, 400 * _SHIFT_CYCLES)
+    y = pc.subtract(shifted, pc.cast(pc.less_equal(month, 2), pa.int64()))  # years start in March
     era = pc.divide(y, 400)  # y >= 0, so integer division is floor division
     year_of_era = pc.subtract(y, pc.multiply(era, 400))
     march_month = pc.if_else(pc.greater(month, 2), pc.subtract(month, 3), pc.add(month, 9))
@@ -261,7 +318,7 @@ def _days_from_civil(year: pa.Array, month: pa.Array, day: pa.Array) -> pa.Array
         ),
         day_of_year,
     )
-    return pc.subtract(pc.add(pc.multiply(era, 146_097), day_of_era), 719_468)
+    return pc.subtract(pc.add(pc.multiply(era, 146_097), day_of_era), 719_468 + 146_097 * _SHIFT_CYCLES)
 
 
 # ---- type modifiers ------------------------------------------------------------------------------
@@ -286,6 +343,62 @@ def _numeric_arrow(type_modifier: int) -> pa.DataType:
 
 _STRING: Final = pa.string()
 _TEXT_NOTE: Final = "text kept exactly as PostgreSQL prints it"
+
+
+# Types stored as their text output: (oid, typname, array oid, note). OIDs from pg_type.dat,
+# checked against PostgreSQL 15 and 16 catalogs by tests/integration/test_types.py.
+_TEXT_TYPES: Final = (
+    (22, "int2vector", 1006, "e.g. 1 2"),
+    (24, "regproc", 1008, "the name"),
+    (27, "tid", 1010, "(block,offset)"),
+    (28, "xid", 1011, "32-bit transaction id"),
+    (29, "cid", 1012, ""),
+    (30, "oidvector", 1013, ""),
+    (142, "xml", 143, "the document as printed"),
+    (600, "point", 1017, "(x,y)"),
+    (601, "lseg", 1018, ""),
+    (602, "path", 1019, ""),
+    (603, "box", 1020, ""),
+    (604, "polygon", 1027, ""),
+    (628, "line", 629, ""),
+    (650, "cidr", 651, "with its netmask"),
+    (718, "circle", 719, ""),
+    (774, "macaddr8", 775, ""),
+    (829, "macaddr", 1040, ""),
+    (869, "inet", 1041, "netmask only when not /32 (/128)"),
+    (1560, "bit", 1561, "e.g. 1010"),
+    (1562, "varbit", 1563, ""),
+    (1790, "refcursor", 2201, ""),
+    (2202, "regprocedure", 2207, ""),
+    (2203, "regoper", 2208, ""),
+    (2204, "regoperator", 2209, ""),
+    (2205, "regclass", 2210, "the name, schema-qualified when not on the search path"),
+    (2206, "regtype", 2211, ""),
+    (2970, "txid_snapshot", 2949, ""),
+    (3220, "pg_lsn", 3221, "e.g. 0/16B3748"),
+    (3614, "tsvector", 3643, "lexemes with positions"),
+    (3615, "tsquery", 3645, ""),
+    (3734, "regconfig", 3735, ""),
+    (3769, "regdictionary", 3770, ""),
+    (3904, "int4range", 3905, "e.g. [1,10)"),
+    (3906, "numrange", 3907, ""),
+    (3908, "tsrange", 3909, ""),
+    (3910, "tstzrange", 3911, "bounds in UTC"),
+    (3912, "daterange", 3913, ""),
+    (3926, "int8range", 3927, ""),
+    (4072, "jsonpath", 4073, ""),
+    (4089, "regnamespace", 4090, ""),
+    (4096, "regrole", 4097, ""),
+    (4191, "regcollation", 4192, ""),
+    (4451, "int4multirange", 6150, "e.g. {[1,3),[5,7)}"),
+    (4532, "nummultirange", 6151, ""),
+    (4533, "tsmultirange", 6152, ""),
+    (4534, "tstzmultirange", 6153, ""),
+    (4535, "datemultirange", 6155, ""),
+    (4536, "int8multirange", 6157, ""),
+    (5038, "pg_snapshot", 5039, ""),
+    (5069, "xid8", 271, "64-bit transaction id"),
+)
 
 
 def _index(entries: Iterable[PgType]) -> dict[int, PgType]:
@@ -342,6 +455,12 @@ TYPES: Final[Mapping[int, PgType]] = MappingProxyType(
             ),
             PgType(2950, "uuid", _STRING, _keep_text, 2951, note="canonical lower-case text"),
             PgType(3802, "jsonb", _STRING, _keep_text, 3807, note=_TEXT_NOTE),
+            PgType(790, "money", pa.decimal128(19, 2), _cast_money, 791, note="read with lc_monetary=C"),
+            # kept as PostgreSQL prints them: Delta has no such types, and the text is exact
+            *(
+                PgType(oid, name, _STRING, _keep_text, array, note=note)
+                for oid, name, array, note in _TEXT_TYPES
+            ),
         ]
     )
 )
@@ -360,6 +479,35 @@ def arrow_type(type_oid: int, type_modifier: int = -1) -> pa.DataType:
     return pg_type(type_oid).arrow_for(type_modifier)
 
 
+def resolve_domains(schema: TableSchema, domains: Mapping[int, tuple[int, int]]) -> TableSchema:
+    """``schema`` with each domain column typed as the domain's base type.
+
+    ``domains``: domain OID → (base type OID, the domain's type modifier), chains of domains already
+    followed to the base (``source.checks.load_domains``). A column's own modifier wins over the
+    domain's (a domain column's is -1 in practice). Both data paths describe a domain column by the
+    domain's OID (the catalog and pgoutput's Relation message), so both pass through here.
+    """
+    if not any(c.type_oid in domains for c in schema.columns):
+        return schema
+    columns = tuple(
+        Column(
+            c.name,
+            domains[c.type_oid][0],
+            c.type_modifier if c.type_modifier != -1 else domains[c.type_oid][1],
+            c.is_key,
+        )
+        if c.type_oid in domains
+        else c
+        for c in schema.columns
+    )
+    return TableSchema(schema.table, columns, schema.replica_identity)
+
+
+def unresolved_types(schema: TableSchema, domains: Mapping[int, tuple[int, int]]) -> set[int]:
+    """Type OIDs of ``schema`` that are neither registered nor known domains (enums, composites, …)."""
+    return {c.type_oid for c in schema.columns if c.type_oid not in TYPES and c.type_oid not in domains}
+
+
 def arrow_schema(columns: Sequence[Column]) -> pa.Schema:
     """The Arrow schema of a table with these columns: same names and order, every field nullable."""
     return pa.schema(
@@ -368,26 +516,34 @@ def arrow_schema(columns: Sequence[Column]) -> pa.Schema:
 
 
 def cast_text(
-    values: pa.Array | pa.ChunkedArray, type_oid: int, type_modifier: int = -1
+    values: pa.Array | pa.ChunkedArray,
+    type_oid: int,
+    type_modifier: int = -1,
+    notes: list[str] | None = None,
 ) -> pa.Array | pa.ChunkedArray:
     """Cast a column of PostgreSQL text output (``binary`` or ``string``) to ``arrow_type(...)``.
 
     Nulls stay null; a chunked input gives a chunked output. Raises ``DecodeError`` naming the type
-    and one offending value when any value is not valid UTF-8 or cannot be represented exactly.
+    and one offending value when any value is not valid UTF-8 or cannot be stored at all. Values
+    stored differently by design (numeric NaN → NULL, ±infinity and out-of-range dates → the ends
+    of Delta's range) are described in ``notes``, one entry per kind, for the caller to report.
     """
     pg = pg_type(type_oid)
     target = pg.arrow_for(type_modifier)
+    sink: list[str] = [] if notes is None else notes
     if isinstance(values, pa.ChunkedArray):
-        return pa.chunked_array([_cast_array(chunk, pg, target) for chunk in values.chunks], type=target)
-    return _cast_array(values, pg, target)
+        return pa.chunked_array(
+            [_cast_array(chunk, pg, target, sink) for chunk in values.chunks], type=target
+        )
+    return _cast_array(values, pg, target, sink)
 
 
-def _cast_array(values: pa.Array, pg: PgType, target: pa.DataType) -> pa.Array:
+def _cast_array(values: pa.Array, pg: PgType, target: pa.DataType, notes: list[str]) -> pa.Array:
     text = _as_text(values, pg)
     if pa.types.is_string(target):
         return text
     try:
-        return pg.cast(text, target)
+        return pg.cast(text, target, notes)
     except (pa.ArrowInvalid, _Unparsable) as exc:
         raise _decode_error(text, pg, target) from exc
 
@@ -406,11 +562,11 @@ def _as_text(values: pa.Array, pg: PgType) -> pa.Array:
     ):
         raise TypeError(f"cast_text needs binary or string values, got {kind}")
 
-    def to_string(chunk: pa.Array, target: pa.DataType) -> pa.Array:
+    def to_string(chunk: pa.Array, target: pa.DataType, _notes: list[str]) -> pa.Array:
         return pc.cast(chunk, target)
 
     try:
-        return to_string(values, _STRING)
+        return to_string(values, _STRING, [])
     except pa.ArrowInvalid as exc:
         bad = _first_failure(values, _STRING, to_string)
         shown = "" if bad is None else f" {_shorten(bad)!r}"
@@ -425,7 +581,7 @@ def _first_failure(values: pa.Array, target: pa.DataType, cast: Caster) -> objec
 
     def fails(lo: int, hi: int) -> bool:
         try:
-            cast(values.slice(lo, hi - lo), target)
+            cast(values.slice(lo, hi - lo), target, [])
         except (pa.ArrowInvalid, _Unparsable):
             return True
         return False
@@ -446,34 +602,32 @@ def _first_failure(values: pa.Array, target: pa.DataType, cast: Caster) -> objec
 
 def _decode_error(text: pa.Array, pg: PgType, target: pa.DataType) -> DecodeError:
     bad = _first_failure(text, target, pg.cast)
-    reason, hint = _explain(bad, target)
+    reason, hint = _explain(bad, target, pg)
     shown = "" if bad is None else f" {_shorten(bad)!r}"
     return DecodeError(f"cannot cast {pg.name} value{shown} to {target}: {reason}", hint=hint)
 
 
-def _explain(bad: object, target: pa.DataType) -> tuple[str, str]:
+def _explain(bad: object, target: pa.DataType, pg: PgType) -> tuple[str, str]:
     value = bad if isinstance(bad, str) else ""
+    if pg.name == "money":
+        return (
+            "money is read as printed with lc_monetary=C ($1,234.56)",
+            "connect with options '-c lc_monetary=C' (every session of the daemon sets it)",
+        )
     temporal = pa.types.is_date(target) or pa.types.is_timestamp(target)
-    if pa.types.is_decimal(target) and value.lower() in {"nan", "infinity", "-infinity"}:
+    if pa.types.is_decimal(target) and value.lower() in {"infinity", "-infinity"}:
         return (
-            "NaN and ±Infinity have no decimal representation",
-            "remove the special values, or change the column to unconstrained numeric (replicated as text)",
+            "±Infinity has no decimal representation",
+            "change the column to unconstrained numeric (replicated as exact text)",
         )
-    if temporal and value in {"infinity", "-infinity"}:
-        return (
-            "±infinity has no Arrow/Delta representation",
-            "replace infinity in the source (e.g. with NULL), or leave the column out of replication",
-        )
-    if temporal and value.endswith(" BC"):
-        return "dates before year 1 (BC) are not supported yet", "leave the column out of replication"
     if temporal and value[:5].isdigit():
         return f"the year is beyond the range of {target}", "leave the column out of replication"
     if pa.types.is_decimal(target):
         return "it does not fit the column's precision and scale", "check the column's type modifier"
     return (
         "it is not valid PostgreSQL text output for this type or is out of range",
-        "check that the session uses DateStyle=ISO, TimeZone=UTC, bytea_output=hex and that the column's "
-        "type OID is right",
+        "check that the session uses DateStyle=ISO, TimeZone=UTC, bytea_output=hex, lc_monetary=C and "
+        "that the column's type OID is right",
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -217,10 +217,12 @@ class DeltaSink:
                 n = chunk.num_rows
                 if n == 0:
                     continue
+                notes: list[str] = []
                 cols = [
                     c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
-                    for c in typed_columns(schema, chunk, native=native)
+                    for c in typed_columns(schema, chunk, native=native, notes=notes)
                 ]
+                _report(table, notes)
                 # constant columns: pa.repeat fills them in C (a Python list of n datetimes
                 # cost about a quarter of the load's CPU)
                 meta: list[pa.Array] = [pa.repeat(value, n) for value in constants]
@@ -354,6 +356,7 @@ class DeltaSink:
         old_keys = moved_keys(patch)
         moved_rows = None if old_keys is None or patch.truncate else self._rows_at(dt, patch.schema, old_keys)
         plan = plan_merge(patch, soft_delete=soft, moved_rows=moved_rows, target=self._arrow_schema(dt))
+        _report(table, plan.notes)
         props = self._props(table, position, {"cdc.batch": str(batch_id), **(metadata or {})})
         before = dt.version()
         try:
@@ -544,3 +547,10 @@ class DeltaSink:
             return None
         actions = dt.get_add_actions(flatten=True)
         return int(pc.sum(pa.table(actions).column("num_records")).as_py() or 0)
+
+
+def _report(table: TableId, notes: Sequence[str]) -> None:
+    """Log values stored differently by design (README, type map), so that it is never silent."""
+    for note in notes:
+        column, _, what = note.partition(": ")
+        logger.warning("%s, as the type map says table=%s column=%s", what, table, column)

@@ -48,13 +48,18 @@ def target_schema(schema: TableSchema, *, soft_delete: bool) -> pa.Schema:
 
 
 def typed_columns(
-    schema: TableSchema, rows: pa.Table | pa.RecordBatch, *, native: bool = False
+    schema: TableSchema,
+    rows: pa.Table | pa.RecordBatch,
+    *,
+    native: bool = False,
+    notes: list[str] | None = None,
 ) -> list[pa.Array | pa.ChunkedArray]:
     """The source columns as their Arrow types.
 
     By default every column is PostgreSQL text (``binary`` or ``string``) and is cast by
     ``typemap``. ``native``: the rows were read in binary form (ADBC), so a column that already has
-    its target type is kept as is and only the ``::text`` ones are cast.
+    its target type is kept as is and only the ``::text`` ones are cast. ``notes`` receives
+    ``"column: what"`` for values stored differently by design (numeric NaN, ±infinity, …).
     """
     out: list[pa.Array | pa.ChunkedArray] = []
     for c in schema.columns:
@@ -63,7 +68,10 @@ def typed_columns(
         if native and col.type == target and (not pa.types.is_string(target) or c.type_oid in _NATIVE_TEXT):
             out.append(col)
         else:
-            out.append(cast_text(col, c.type_oid, c.type_modifier))
+            said: list[str] = []
+            out.append(cast_text(col, c.type_oid, c.type_modifier, said))
+            if notes is not None:
+                notes.extend(f"{c.name}: {note}" for note in said)
     return out
 
 
@@ -84,6 +92,7 @@ class MergePlan:
     insert_predicate: str
     inserts: dict[str, str]
     upsert_rows: pa.Table  # the non-delete rows as the target stores them (for truncate overwrites)
+    notes: tuple[str, ...] = ()  # values stored differently by design, "column: what" (to be logged)
 
 
 def moved_keys(patch: TablePatch) -> pa.Table | None:
@@ -120,7 +129,8 @@ def plan_merge(
     """
     schema = patch.schema
     rows = patch.rows
-    cols = typed_columns(schema, rows)
+    notes: list[str] = []
+    cols = typed_columns(schema, rows, notes=notes)
     names = list(schema.column_names)
     data: dict[str, pa.Array | pa.ChunkedArray] = dict(zip(names, cols, strict=True))
     flags = {n: rows.column(UNCHANGED_PREFIX + n) for n in patch.unchanged_columns}
@@ -174,6 +184,7 @@ def plan_merge(
         insert_predicate="s._cdc_op <> 'd'",
         inserts=inserts,
         upsert_rows=upsert_rows,
+        notes=tuple(notes),
     )
 
 

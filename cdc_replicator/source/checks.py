@@ -15,6 +15,7 @@ from psycopg import sql
 from cdc_replicator.errors import MissingKey, SourceError, WalLevelNotLogical
 from cdc_replicator.model import Column, ColumnSelection, Lsn, TableId, TableSchema
 from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
+from cdc_replicator.typemap import resolve_domains
 
 __all__ = [
     "HEARTBEAT_PREFIX",
@@ -209,7 +210,27 @@ def read_schema(conn: psycopg.Connection[tuple[object, ...]], table: TableId) ->
             hint=f"run: alter table {fq} replica identity default;",
         )
     columns = tuple(Column(str(c[0]), int(str(c[1])), int(str(c[2])), bool(c[3]) or not has_pk) for c in cols)
-    return TableSchema(table, columns, replident)
+    return resolve_domains(TableSchema(table, columns, replident), load_domains(conn))
+
+
+def load_domains(conn: psycopg.Connection[tuple[object, ...]]) -> dict[int, tuple[int, int]]:
+    """Every domain of the database: its OID → (base type OID, type modifier), chains followed.
+
+    A domain over a domain takes the innermost base type and the nearest modifier that is set.
+    """
+    rows = conn.execute(
+        "select oid::int, typbasetype::int, typtypmod from pg_type where typtype = 'd'"
+    ).fetchall()
+    direct = {int(str(r[0])): (int(str(r[1])), int(str(r[2]))) for r in rows}
+    resolved: dict[int, tuple[int, int]] = {}
+    for oid, (base, typmod) in direct.items():
+        seen = {oid}
+        while base in direct and base not in seen:  # a domain over a domain
+            seen.add(base)
+            base, inner = direct[base]
+            typmod = typmod if typmod != -1 else inner
+        resolved[oid] = (base, typmod)
+    return resolved
 
 
 def ensure_publication(

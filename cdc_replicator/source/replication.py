@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 # Output functions run in the walsender session: fix the text forms both data paths produce.
 SESSION_OPTIONS = (
-    "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=postgres"
+    "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=postgres "
+    "-c lc_monetary=C"
 )
 
 _PG_EPOCH_UNIX_US = 946_684_800_000_000
