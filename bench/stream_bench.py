@@ -60,6 +60,7 @@ from common import (
 )
 from deltalake import DeltaTable, write_deltalake
 
+from cdc_replicator.config import TargetConfig
 from cdc_replicator.errors import ReplicatorError
 from cdc_replicator.localpg import LocalPostgres, find_binaries
 from cdc_replicator.model import Column, Lsn, Op, TableId, TablePatch, TablePosition, TableSchema
@@ -490,14 +491,18 @@ def large_transaction(dsn: str, daemon: Daemon, opts: Options) -> dict[str, floa
     return result
 
 
-def merge_growth(workdir: Path, sizes: list[int]) -> list[dict[str, float]]:
-    """The same 10k clustered updates merged into Delta tables of each size, through the daemon's sink."""
+def merge_growth(workdir: Path, sizes: list[int], file_size: int) -> list[dict[str, float]]:
+    """The same 10k clustered updates merged into Delta tables of each size, through the daemon's sink.
+
+    The tables are written in key order with the daemon's target file size, as its initial load
+    writes them.
+    """
     table = TableId("public", "m")
     schema = TableSchema(table, (Column("id", 20, -1, True), Column("v", 20), Column("pad", 25)))
     results = []
     for n in sizes:
         lake = workdir / f"merge-{n}"
-        sink = DeltaSink(str(lake), slot="bench")
+        sink = DeltaSink(str(lake), slot="bench", target_file_size=file_size)
         tschema = target_schema(schema, soft_delete=False)
         now = datetime.now(UTC)
 
@@ -521,7 +526,12 @@ def merge_growth(workdir: Path, sizes: list[int]) -> list[dict[str, float]]:
                 )
 
         started = time.perf_counter()
-        write_deltalake(str(lake / "public" / "m"), pa.RecordBatchReader.from_batches(tschema, batches()))
+        write_deltalake(
+            str(lake / "public" / "m"),
+            pa.RecordBatchReader.from_batches(tschema, batches()),
+            target_file_size=file_size,
+            configuration={"delta.targetFileSize": str(file_size)},
+        )
         build_seconds = time.perf_counter() - started
         files = len(DeltaTable(str(lake / "public" / "m")).file_uris())
         first = n // 2  # a clustered range of keys in the middle of the table
@@ -714,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
                         res.catch_up.append(catch_up_round(cluster, dsn, daemon, opts, i))
                     res.lag = steady_lag(cluster, dsn, daemon, workdir, opts)
                     res.large_txn = large_transaction(dsn, daemon, opts)
-                res.merge = merge_growth(workdir, opts.merge_rows)
+                res.merge = merge_growth(workdir, opts.merge_rows, TargetConfig("").target_file_size)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
     except KeyboardInterrupt:

@@ -178,7 +178,7 @@ def test_keys_left_out_take_their_defaults(tmp_path: Path) -> None:
     assert cfg.source.connect_timeout_seconds == 10.0
     assert cfg.source.retry_max_seconds == 30.0
     assert cfg.source.retry_give_up_seconds == 0.0
-    assert cfg.target == TargetConfig(uri="./lake", storage_options=(), target_file_size=128 * 1024 * 1024)
+    assert cfg.target == TargetConfig(uri="./lake", storage_options=(), target_file_size=16 * 1024 * 1024)
     assert cfg.tables == (TableConfig(TableId("public", "orders"), soft_delete=False),)
     assert cfg.batch == BatchConfig(max_rows=100_000, max_bytes=256 * 1024 * 1024, max_seconds=2.0)
     assert cfg.state == StateConfig(url="sqlite:///./state/cdc.db")
