@@ -61,7 +61,7 @@ class BatchLimits:
 @dataclass(slots=True)
 class _TableBuffer:
     schema: TableSchema
-    columns: list[list[Value]]
+    rows: list[tuple[Value, ...]]  # one tuple per change; turned into columns once, by ``patch``
     ops: list[str] = field(default_factory=list)
     lsns: list[int] = field(default_factory=list)
     times: list[datetime] = field(default_factory=list)
@@ -76,10 +76,10 @@ class _TableBuffer:
 
     @classmethod
     def empty(cls, schema: TableSchema) -> _TableBuffer:
-        return cls(schema, [[] for _ in schema.columns])
+        return cls(schema, [])
 
     def clear(self) -> None:
-        self.columns = [[] for _ in self.schema.columns]
+        self.rows = []
         self.ops.clear()
         self.lsns.clear()
         self.times.clear()
@@ -105,10 +105,9 @@ class _TableBuffer:
         if prev is None:
             prev = self.last.get(key)
         if prev is not None and UNCHANGED in values:
-            values = tuple(
-                self.columns[i][prev] if v is UNCHANGED and self.ops[prev] != Op.DELETE else v
-                for i, v in enumerate(values)
-            )
+            before = self.rows[prev]
+            gone = self.ops[prev] == Op.DELETE
+            values = tuple(before[i] if v is UNCHANGED and not gone else v for i, v in enumerate(values))
         idx = len(self.ops)
         if UNCHANGED in values:
             # the value still lives in the target row of the key this row moved from; through a chain
@@ -118,10 +117,8 @@ class _TableBuffer:
                 origin = moved_from
             if origin is not None:
                 self.moved[idx] = origin
-        for i, v in enumerate(values):
-            if v is UNCHANGED:
-                self.unchanged.add(i)
-            self.columns[i].append(v)
+            self.unchanged.update(i for i, v in enumerate(values) if v is UNCHANGED)
+        self.rows.append(values)
         self.ops.append(op.value)
         self.lsns.append(lsn)
         self.times.append(at)
@@ -133,9 +130,10 @@ class _TableBuffer:
         names = self.schema.column_names
         arrays: dict[str, pa.Array] = {}
         unchanged_names: list[str] = []
+        rows = self.rows
+        columns = list(zip(*[rows[j] for j in keep], strict=True)) if keep else [()] * len(names)
         for i, name in enumerate(names):
-            col = self.columns[i]
-            values = [col[j] for j in keep]
+            values = list(columns[i])
             if i in self.unchanged:
                 flags = [v is UNCHANGED for v in values]
                 if any(flags):
@@ -357,7 +355,7 @@ class Batcher:
                 raise DecodeError(f"delete on {ch.table} without an old key")
             key = tuple(old[i] for i in kpos)
             buf.add(Op.DELETE, key, tuple(v if i in kpos else None for i, v in enumerate(old)), lsn, at)
-            size = sum(len(v) for v in key if isinstance(v, bytes))
+            size = _size(key)
         else:
             new = ch.new
             if new is None:
@@ -373,7 +371,7 @@ class Batcher:
                     buf.add(Op.DELETE, old_key, stub, lsn, at)
                     rows += 1
             buf.add(ch.op, key, new, lsn, at, prev=moved, moved_from=moved_from)
-            size = sum(len(v) for v in new if isinstance(v, bytes))
+            size = _size(new)
         size += 16 * width
         self._rows += rows
         self._bytes += size
@@ -418,3 +416,11 @@ class Batcher:
         self._end = None
         self._txns = 0
         return batch
+
+
+def _size(values: tuple[Value, ...]) -> int:
+    """Bytes of the values (NULL and unchanged count 0): the common all-bytes row in one C call."""
+    try:
+        return sum(map(len, values))  # type: ignore[arg-type]
+    except TypeError:
+        return sum(len(v) for v in values if isinstance(v, bytes))

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from cdc_replicator.model import Lsn, TableId
+
+_LAG_RESOLUTION = timedelta(milliseconds=50)
 
 __all__ = ["HealthState", "Phase", "TableState"]
 
@@ -76,7 +79,8 @@ class HealthState:
         self._connected = False
         self._error: str | None = None
         self._tables: dict[TableId, _Table] = {t: _Table() for t in tables}
-        self._pending_since: datetime | None = None  # commit time of the oldest unapplied txn received
+        # (commit LSN, commit time) of each transaction received and not yet applied, oldest first
+        self._pending: deque[tuple[int, datetime]] = deque()
         self._listeners: list[Callable[[Phase, str | None], None]] = []
 
     def add_listener(self, fn: Callable[[Phase, str | None], None]) -> None:
@@ -113,15 +117,32 @@ class HealthState:
         with self._lock:
             self._tables.setdefault(table, _Table()).committed_lsn = lsn
 
-    def txn_received(self, commit_time: datetime) -> None:
-        """A transaction arrived from the source (its Begin); it is pending until a batch applies it."""
-        if self._pending_since is None:
-            self._pending_since = commit_time
+    def txn_received(self, commit_time: datetime, commit_lsn: Lsn = Lsn.ZERO) -> None:
+        """A transaction arrived from the source (its Begin); it is pending until a batch applies it.
 
-    def applied(self, *, complete: bool) -> None:
-        """A batch was applied; ``complete``: no transaction is left half-applied."""
-        if complete:
-            self._pending_since = None
+        Transactions committed within 50 ms of the last one kept share its entry (a catch-up
+        receives thousands per second): the lag is then late by at most that much.
+        """
+        pending = self._pending
+        if pending and commit_time - pending[-1][1] < _LAG_RESOLUTION:
+            return
+        pending.append((commit_lsn.value, commit_time))
+
+    def applied(self, *, complete: bool, upto: Lsn | None = None) -> None:
+        """A batch ending at ``upto`` was applied: the transactions that commit before it are done.
+
+        ``complete``: no transaction is left half-applied (the head of a large one stays pending).
+        Without ``upto`` every transaction received so far is done. Batches apply in a background
+        thread while later transactions arrive, hence the LSN. (deque appends and pops are atomic.)
+        """
+        if not complete:
+            return
+        pending = self._pending
+        if upto is None:
+            pending.clear()
+            return
+        while pending and pending[0][0] < upto.value:
+            pending.popleft()
 
     # ---- read by the endpoint, the watchdog and the metrics ------------------------------------
 
@@ -139,8 +160,9 @@ class HealthState:
 
     def lag_seconds(self) -> float:
         """Now − commit time of the oldest transaction received and not yet in Delta (0 when none)."""
-        since = self._pending_since
-        if since is None:
+        try:
+            since = self._pending[0][1]
+        except IndexError:
             return 0.0
         return max(0.0, (datetime.now(UTC) - since).total_seconds())
 

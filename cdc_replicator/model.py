@@ -109,18 +109,15 @@ class TableSchema:
     table: TableId
     columns: tuple[Column, ...]
     replica_identity: str = "d"  # d default (pk), f full, i index, n nothing
+    # derived once (the batcher asks for the key positions of every change)
+    key: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    key_positions: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    column_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns if c.is_key)
-
-    @property
-    def key_positions(self) -> tuple[int, ...]:
-        return tuple(i for i, c in enumerate(self.columns) if c.is_key)
-
-    @property
-    def column_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", tuple(c.name for c in self.columns if c.is_key))
+        object.__setattr__(self, "key_positions", tuple(i for i, c in enumerate(self.columns) if c.is_key))
+        object.__setattr__(self, "column_names", tuple(c.name for c in self.columns))
 
 
 @dataclass(frozen=True, slots=True)

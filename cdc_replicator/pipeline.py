@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import psycopg
@@ -502,7 +503,7 @@ class Replicator:
             start=start,
             clock=time.monotonic,
         )
-        confirmed = start
+        applier = _Applier(lambda batch, upto: self._apply(batch, source, upto, resync), start)
         try:
             source.open()
             logger.info("streaming slot=%s from=%s dsn=%s", self._slot, start, redact_dsn(src.dsn))
@@ -520,7 +521,8 @@ class Replicator:
                 if self._stop.is_set():
                     last = batcher.flush()
                     if last is not None:
-                        confirmed = self._apply(last, source, confirmed, resync)
+                        applier.apply_now(last)
+                    applier.wait()
                     break
                 batch: ChangeBatch | None = None
                 if ev is None:
@@ -530,28 +532,33 @@ class Replicator:
                     # flush): the batch timer must run on them too, or nothing would ever close
                     batch = batcher.poll()
                     if batch is not None:
-                        confirmed = self._apply(batch, source, confirmed, resync)
+                        applier.submit(batch)
                         batch = None
-                    if batcher.idle and self._confirmable(ev.wal_end) > confirmed:
-                        # everything sent before the keepalive is applied: let the slot move on
-                        confirmed = self._confirmable(ev.wal_end)
-                        self._state.record_applied(self._slot, confirmed)
-                        source.confirm(confirmed)
-                        if self._metrics is not None:
-                            self._metrics.confirmed_lsn.set(confirmed.value)
+                    if batcher.idle and not applier.busy:
+                        confirmed = applier.wait()
+                        if self._confirmable(ev.wal_end) > confirmed:
+                            # everything sent before the keepalive is applied: let the slot move on
+                            confirmed = applier.confirmed = self._confirmable(ev.wal_end)
+                            self._state.record_applied(self._slot, confirmed)
+                            source.confirm(confirmed)
+                            if self._metrics is not None:
+                                self._metrics.confirmed_lsn.set(confirmed.value)
                 elif isinstance(ev, RelationChanged):
-                    confirmed = self._on_relation(ev, batcher, source, confirmed, resync, txn_commit)
+                    applier.confirmed = self._on_relation(
+                        ev, batcher, source, applier.wait(), resync, txn_commit
+                    )
                 elif isinstance(ev, SourceMessage):
+                    applier.wait()
                     for injected in resync.on_message(ev, txn_commit):
                         if injected.table in self._paused:
                             continue  # a paused table takes nothing, re-sync rows included
                         done = batcher.add(injected)
                         if done is not None:
-                            confirmed = self._apply(done, source, confirmed, resync)
+                            applier.apply_now(done)
                 elif isinstance(ev, Begin | Commit | RowChange | Truncate):
                     if isinstance(ev, Begin):
                         txn_commit = ev.commit_lsn
-                        health.txn_received(ev.commit_time)
+                        health.txn_received(ev.commit_time, ev.commit_lsn)
                     elif isinstance(ev, RowChange) and ev.table in self._paused:
                         continue  # held back: the slot keeps it until the table resumes
                     elif isinstance(ev, Truncate) and self._paused.keys() & set(ev.tables):
@@ -563,13 +570,19 @@ class Replicator:
                         resync.on_change(ev)
                     batch = batcher.add(ev)
                 if batch is not None:
-                    confirmed = self._apply(batch, source, confirmed, resync)
+                    if resync.idle:
+                        applier.submit(batch)  # merges while the loop decodes the next batch
+                    else:
+                        applier.apply_now(batch)  # the re-sync bookkeeping stays in this thread
                 if resync.active:
+                    applier.wait()
                     resync.step()
         finally:
+            applier.close()
             self._health.set_connected(False)
             source.close()
             resync.close()
+        confirmed = applier.confirmed
         logger.info("stream stopped slot=%s confirmed=%s", self._slot, confirmed)
 
     # ---- watermark mode ------------------------------------------------------------------------
@@ -1105,7 +1118,7 @@ class Replicator:
             self._state.record_applied(self._slot, confirmed)
             source.confirm(confirmed)
         seconds = time.monotonic() - started
-        self._health.applied(complete=batch.partial is None)
+        self._health.applied(complete=batch.partial is None, upto=batch.end)
         if m is not None:
             m.batches.inc()
             m.batch_duration.observe(seconds)
@@ -1124,6 +1137,51 @@ class Replicator:
         if self._on_batch is not None:
             self._on_batch(BatchReport(batch.batch_id, batch.end, batch.transactions, changes, seconds))
         return confirmed
+
+
+class _Applier:
+    """Applies batches in order, at most one of them in a background thread (pipelined apply).
+
+    A merge spends most of its time in delta-rs with the GIL released: while batch n merges, the
+    stream loop decodes and batches n+1 (``submit``). Anything that must see every earlier batch
+    applied (a schema decision, a re-sync, an idle confirm, stopping) calls ``wait`` first, or
+    ``apply_now``. ``confirmed`` is the LSN confirmed after the last batch that finished; an error
+    of the background apply is raised by the next ``wait``.
+    """
+
+    def __init__(self, apply: Callable[[ChangeBatch, Lsn], Lsn], confirmed: Lsn) -> None:
+        self._apply = apply
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-apply")
+        self._pending: Future[Lsn] | None = None
+        self.confirmed = confirmed
+
+    @property
+    def busy(self) -> bool:
+        return self._pending is not None and not self._pending.done()
+
+    def submit(self, batch: ChangeBatch) -> None:
+        self.wait()
+        self._pending = self._pool.submit(self._apply, batch, self.confirmed)
+
+    def apply_now(self, batch: ChangeBatch) -> Lsn:
+        self.confirmed = self._apply(batch, self.wait())
+        return self.confirmed
+
+    def wait(self) -> Lsn:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.confirmed = pending.result()
+        return self.confirmed
+
+    def close(self) -> None:
+        """Let a batch in flight finish (its error, if any, is not raised: another one is on its way)."""
+        if self._pending is not None:
+            try:
+                self._pending.result()
+            except BaseException:
+                logger.debug("background apply failed while the stream stopped", exc_info=True)
+            self._pending = None
+        self._pool.shutdown(wait=True)
 
 
 def _log_retry(state: RetryCallState) -> None:

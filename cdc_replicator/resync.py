@@ -156,6 +156,11 @@ class Resyncer:
     def active(self) -> bool:
         return bool(self._active)
 
+    @property
+    def idle(self) -> bool:
+        """No re-sync running and none waiting for its rows to commit: ``committed`` has nothing to do."""
+        return not self._active and not self._pending
+
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
             self._conn = checks.connect(self._dsn, connect_timeout=self._connect_timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 from cdc_replicator.errors import DecodeError
 from cdc_replicator.model import (
@@ -49,6 +50,7 @@ class Decoder:
         self._relations: dict[int, TableSchema] = {}
         self._ignored: set[int] = set()
         self._seq = 0  # row changes of the open transaction so far, of every relation
+        self._time_micros, self._time_value = 0, pg_time_to_datetime(0)
 
     def start_transaction(self) -> None:
         """A transaction begins outside ``decode`` (a streamed one replayed from its spill)."""
@@ -90,9 +92,9 @@ class Decoder:
             return [RowChange(schema.table, Op.DELETE, None, old, self._seq)]
         if isinstance(msg, wire.Begin):
             self._seq = 0
-            return [Begin(msg.xid, Lsn(msg.final_lsn), pg_time_to_datetime(msg.commit_time))]
+            return [Begin(msg.xid, Lsn(msg.final_lsn), self._time(msg.commit_time))]
         if isinstance(msg, wire.Commit):
-            return [Commit(Lsn(msg.commit_lsn), Lsn(msg.end_lsn), pg_time_to_datetime(msg.commit_time))]
+            return [Commit(Lsn(msg.commit_lsn), Lsn(msg.end_lsn), self._time(msg.commit_time))]
         if isinstance(msg, wire.Relation):
             return self._relation(msg)
         if isinstance(msg, wire.Truncate):
@@ -107,6 +109,12 @@ class Decoder:
             return [SourceMessage(msg.content, msg.transactional)]
         # Origin, Type, other logical messages: nothing for the data flow.
         return []
+
+    def _time(self, micros: int) -> datetime:
+        """The commit time as a datetime; Begin and Commit carry the same one, converted once."""
+        if micros != self._time_micros:
+            self._time_micros, self._time_value = micros, pg_time_to_datetime(micros)
+        return self._time_value
 
     def _schema(self, relation_id: int) -> TableSchema | None:
         schema = self._relations.get(relation_id)

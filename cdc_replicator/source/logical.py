@@ -226,7 +226,7 @@ class LogicalSource:
                     self._send_status(conn, force=True)
                     last_status = time.monotonic()
                 continue
-            if frame.wal_end > self._received:
+            if frame.wal_end.value > self._received.value:
                 self._received = frame.wal_end
             msg = wire.parse(frame.payload, in_stream=in_stream)
             if isinstance(msg, wire.StreamStart):

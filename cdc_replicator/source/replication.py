@@ -13,6 +13,7 @@ import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import psycopg
 from psycopg import pq
@@ -53,11 +54,14 @@ _KEEPALIVE = struct.Struct("!QqB")
 _STATUS = struct.Struct("!cQQQqB")
 
 
-@dataclass(frozen=True, slots=True)
-class XLogData:
-    """A CopyData 'w' frame: one pgoutput message that starts at ``data_start``."""
+class XLogData(NamedTuple):
+    """A CopyData 'w' frame: one pgoutput message that starts at ``data_start``.
 
-    data_start: Lsn
+    A named tuple (one per message: cheaper to build than a frozen dataclass); ``data_start`` stays
+    the raw integer, nothing reads it on the hot path.
+    """
+
+    data_start: int
     wal_end: Lsn
     payload: memoryview
 
@@ -301,7 +305,7 @@ class ReplicationConnection:
             if len(buf) < 1 + _XLOG_HEADER.size:
                 raise DecodeError("truncated XLogData header", offset=len(buf))
             start, end, _ = _XLOG_HEADER.unpack_from(buf, 1)
-            return XLogData(Lsn(start), Lsn(end), buf[1 + _XLOG_HEADER.size :])
+            return XLogData(start, Lsn(end), buf[1 + _XLOG_HEADER.size :])
         if tag == 0x6B:  # 'k'
             if len(buf) < 1 + _KEEPALIVE.size:
                 raise DecodeError("truncated keepalive", offset=len(buf))

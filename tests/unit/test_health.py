@@ -113,3 +113,14 @@ def test_listeners_hear_each_phase_change_once() -> None:
     h.set_phase(Phase.STREAMING)
     h.set_phase(Phase.RETRYING, error="gone")
     assert heard == [(Phase.STREAMING, None), (Phase.RETRYING, "gone")]
+
+
+def test_a_batch_applied_in_the_background_leaves_later_transactions_pending() -> None:
+    h = streaming_health()
+    now = datetime.now(UTC)
+    h.txn_received(now - timedelta(seconds=40), Lsn(100))
+    h.txn_received(now - timedelta(seconds=20), Lsn(300))  # arrived while the batch ending at 200 merged
+    h.applied(complete=True, upto=Lsn(200))
+    assert 19.0 <= h.lag_seconds() <= 25.0
+    h.applied(complete=True, upto=Lsn(400))
+    assert h.lag_seconds() == 0.0
