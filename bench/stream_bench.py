@@ -153,14 +153,10 @@ class Daemon:
         return self._log.read_text(errors="replace") if self._log.exists() else ""
 
     def peak_rss(self) -> int:
+        """Peak RSS of the daemon plus that of each of its child processes (the replication reader,
+        multiprocessing's resource tracker): an upper bound of the peak they held together."""
         assert self.proc is not None
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        return sum(_hwm(pid) for pid in (self.proc.pid, *_children(self.proc.pid)))
 
     def check_alive(self) -> None:
         assert self.proc is not None
@@ -180,6 +176,28 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         return peak
+
+
+def _hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:  # the field after the state is the parent pid
+            found.append(int(stat.parent.name))
+    return found
 
 
 @contextlib.contextmanager

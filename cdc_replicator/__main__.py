@@ -2,4 +2,5 @@
 
 from cdc_replicator.cli import main
 
-main()
+if __name__ == "__main__":  # not when the replication reader process re-imports this module
+    main()

@@ -64,6 +64,7 @@ _RESERVED_ENV: Final = frozenset({"CDC_REPLICATOR_CONFIG", "CDC_REPLICATOR_MIGRA
 
 SourceMode = Literal["logical", "watermark"]
 HeartbeatKind = Literal["message", "table"]
+ReaderKind = Literal["process", "thread"]
 ContractName = Literal["evolve", "freeze"]
 LogFormat = Literal["auto", "text", "json"]
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
@@ -91,6 +92,7 @@ class SourceConfig:
     slot_check_interval_seconds: float = 15.0  # lag, retained WAL and wal_status of the slot
     max_retained_wal_bytes: int = 4 * 1024 * _MIB  # warn above this; 0 = never warn
     slot_create_timeout_seconds: float = 300.0  # creating a slot waits for running transactions
+    reader: ReaderKind = "process"  # read and decode the stream in a child process (its own GIL) or a thread
 
     def __repr__(self) -> str:
         return (
@@ -102,7 +104,7 @@ class SourceConfig:
             f"heartbeat_interval_seconds={self.heartbeat_interval_seconds!r}, heartbeat={self.heartbeat!r}, "
             f"slot_check_interval_seconds={self.slot_check_interval_seconds!r}, "
             f"max_retained_wal_bytes={self.max_retained_wal_bytes!r}, "
-            f"slot_create_timeout_seconds={self.slot_create_timeout_seconds!r})"
+            f"slot_create_timeout_seconds={self.slot_create_timeout_seconds!r}, reader={self.reader!r})"
         )
 
 
@@ -520,6 +522,7 @@ class _Document:
                 retry_give_up_seconds=src.get("retry_give_up_seconds", _nonnegative_float),
                 heartbeat_interval_seconds=src.get("heartbeat_interval_seconds", _nonnegative_float),
                 heartbeat=cast(HeartbeatKind, src.get("heartbeat", _choice(get_args(HeartbeatKind)))),
+                reader=cast(ReaderKind, src.get("reader", _choice(get_args(ReaderKind)))),
                 slot_check_interval_seconds=src.get("slot_check_interval_seconds", _positive_float),
                 max_retained_wal_bytes=src.get("max_retained_wal_bytes", _nonnegative_int),
                 slot_create_timeout_seconds=src.get("slot_create_timeout_seconds", _positive_float),

@@ -8,7 +8,7 @@ import re
 import sys
 from datetime import UTC, datetime
 
-__all__ = ["setup_logging"]
+__all__ = ["current_logging", "setup_logging"]
 
 _URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
@@ -77,3 +77,11 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     root.setLevel(level.upper())
     for noisy in ("deltalake", "urllib3", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def current_logging() -> tuple[str, str]:
+    """(level, format) of the root logger as ``setup_logging`` left it, to set up a child process alike."""
+    root = logging.getLogger()
+    level = logging.getLevelName(root.level).lower()
+    json_ = any(isinstance(h.formatter, _JsonFormatter) for h in root.handlers)
+    return level, "json" if json_ else "text"

@@ -494,6 +494,7 @@ class Replicator:
             streaming=src.streaming,
             status_interval=src.status_interval_seconds,
             connect_timeout=src.connect_timeout_seconds,
+            reader=src.reader,
         )
         b = self._cfg.batch
         batcher = Batcher(

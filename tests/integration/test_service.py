@@ -109,6 +109,10 @@ def test_endpoints_report_liveness_readiness_and_follow_the_source_going_away_an
     pg.cluster.stop()
     try:
         wait_until(lambda: not _ready(base), timeout=30, message="still ready with the source down")
+        # the phase follows once the stream has been torn down (the reader process has ended)
+        wait_until(
+            lambda: _json(base + "/readyz")[1]["phase"] == "retrying", timeout=30, message="never retrying"
+        )
         code, ready = _json(base + "/readyz")
         assert code == 503 and ready["connected"] is False and ready["phase"] == "retrying"
         assert any("source unavailable" in r for r in ready["reasons"]), ready
