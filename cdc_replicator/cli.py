@@ -91,6 +91,7 @@ def run(ctx: click.Context, once: bool) -> None:
     from cdc_replicator.health import HealthState, Phase
     from cdc_replicator.metrics import Metrics
     from cdc_replicator.pipeline import Replicator
+    from cdc_replicator.runtime import tune_gc
     from cdc_replicator.server import HealthServer
 
     stop = threading.Event()
@@ -118,6 +119,7 @@ def run(ctx: click.Context, once: bool) -> None:
         server.start()
     notifier.start_watchdog(health.alive)
     rep = Replicator(cfg, stop=stop, health=health, metrics=metrics)
+    tune_gc()
     try:
         rep.run(once=once)
     finally:

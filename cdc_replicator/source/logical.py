@@ -49,6 +49,7 @@ from cdc_replicator.model import (
     TableId,
     pg_time_to_datetime,
 )
+from cdc_replicator.runtime import tune_gc
 from cdc_replicator.source import pgoutput as wire
 from cdc_replicator.source.decoding import Decoder
 from cdc_replicator.source.replication import PrimaryKeepalive, ReplicationConnection, quote_ident
@@ -490,6 +491,7 @@ def _reader_process(source: LogicalSource, parent: int, logging_setup: tuple[str
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the reader through the event
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging(*logging_setup)
+    tune_gc()
     try:
         source._run()
     finally:
