@@ -58,6 +58,10 @@ class BatchLimits:
     max_seconds: float = 2.0
 
 
+MIN_SECONDS = 0.5  # the shortest time limit ``Batcher.adapt`` sets
+MERGE_SHARE_INVERSE = 3.0  # a batch stays open for (at least) this many times its predecessor's apply
+
+
 @dataclass(slots=True)
 class _TableBuffer:
     schema: TableSchema
@@ -181,6 +185,7 @@ class Batcher:
         clock: Callable[[], float],
     ) -> None:
         self._limits = limits
+        self._seconds = limits.max_seconds  # the time limit in force (``adapt``)
         self._schemas = dict(schemas)
         self._positions = dict(positions or {})
         self._clock = clock
@@ -394,7 +399,18 @@ class Batcher:
         return self._rows >= self._limits.max_rows or self._bytes >= self._limits.max_bytes
 
     def _expired(self) -> bool:
-        return self._opened_at is not None and self._clock() - self._opened_at >= self._limits.max_seconds
+        return self._opened_at is not None and self._clock() - self._opened_at >= self._seconds
+
+    def adapt(self, apply_seconds: float) -> None:
+        """Let the time limit follow what applying a batch costs.
+
+        A batch closes on time after ``MERGE_SHARE_INVERSE`` × the last batch's apply time (at
+        least ``MIN_SECONDS``, at most ``max_seconds``): cheap merges make short batches and low
+        lag; expensive ones (a catch-up, big files) make batches big enough that merging takes at
+        most about a third of the time. Rows and bytes limits are not affected.
+        """
+        cap = self._limits.max_seconds
+        self._seconds = min(cap, max(min(MIN_SECONDS, cap), MERGE_SHARE_INVERSE * apply_seconds))
 
     def _close(self) -> ChangeBatch:
         self._batch_id += 1

@@ -504,7 +504,14 @@ class Replicator:
             start=start,
             clock=time.monotonic,
         )
-        applier = _Applier(lambda batch, upto: self._apply(batch, source, upto, resync), start)
+
+        def apply(batch: ChangeBatch, upto: Lsn) -> Lsn:
+            started = time.monotonic()
+            confirmed = self._apply(batch, source, upto, resync)
+            batcher.adapt(time.monotonic() - started)  # the next batch's time limit follows merge cost
+            return confirmed
+
+        applier = _Applier(apply, start)
         try:
             source.open()
             logger.info("streaming slot=%s from=%s dsn=%s", self._slot, start, redact_dsn(src.dsn))

@@ -137,6 +137,32 @@ def test_a_batch_closes_at_the_first_commit_after_max_seconds() -> None:
     assert batch.end == end_of(300)
 
 
+def test_the_time_limit_follows_the_cost_of_applying_the_last_batch_within_its_bounds() -> None:
+    clock = FakeClock()  # (advances are binary fractions: exact in floating point)
+    b = batcher(BatchLimits(max_rows=1_000, max_bytes=1 << 30, max_seconds=5), clock=clock)
+
+    b.adapt(0.25)  # cheap merges: a batch closes after 3 x 0.25 s
+    assert feed(b, txn(100, insert(ORDERS, b"1", b"1", None))) == []
+    clock.advance(0.5)
+    assert feed(b, txn(200, insert(ORDERS, b"2", b"1", None))) == []
+    clock.advance(0.25)
+    assert only(feed(b, txn(300, insert(ORDERS, b"3", b"1", None)))).transactions == 3
+
+    b.adapt(0.0078125)  # never below half a second
+    assert feed(b, txn(400, insert(ORDERS, b"4", b"1", None))) == []
+    clock.advance(0.25)
+    assert feed(b, txn(500, insert(ORDERS, b"5", b"1", None))) == []
+    clock.advance(0.25)
+    assert only(feed(b, txn(600, insert(ORDERS, b"6", b"1", None)))).transactions == 3
+
+    b.adapt(32.0)  # expensive merges: never above max_seconds
+    assert feed(b, txn(700, insert(ORDERS, b"7", b"1", None))) == []
+    clock.advance(4.75)
+    assert feed(b, txn(800, insert(ORDERS, b"8", b"1", None))) == []
+    clock.advance(0.25)
+    assert only(feed(b, txn(900, insert(ORDERS, b"9", b"1", None)))).transactions == 3
+
+
 def test_the_time_limit_never_closes_a_batch_inside_a_transaction() -> None:
     clock = FakeClock()
     b = batcher(BatchLimits(max_rows=1_000, max_bytes=1 << 30, max_seconds=5), clock=clock)
