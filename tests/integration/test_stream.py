@@ -29,9 +29,13 @@ def _slot_confirmed(pg: PgDatabase, slot: str) -> str:
     return str(rows[0][0]) if rows else ""
 
 
-@pytest.mark.parametrize("streaming", [False, True], ids=["proto1", "proto2-streaming"])
+@pytest.mark.parametrize(
+    ("streaming", "reader"),
+    [(False, "process"), (True, "process"), (False, "thread"), (True, "thread")],
+    ids=["proto1", "proto2-streaming", "proto1-reader-thread", "proto2-streaming-reader-thread"],
+)
 def test_randomized_workload_converges_row_for_row(
-    pg: PgDatabase, tmp_path: Path, tmp_lake: Path, daemon: Daemon, streaming: bool
+    pg: PgDatabase, tmp_path: Path, tmp_lake: Path, daemon: Daemon, streaming: bool, reader: str
 ) -> None:
     create_schema(pg, rows=150, seed=7)
     if streaming:
@@ -39,9 +43,12 @@ def test_randomized_workload_converges_row_for_row(
         pg.execute("alter system set logical_decoding_work_mem = '64kB'")
         pg.execute("select pg_reload_conf()")
     try:
-        write_config(daemon.config, pg, tmp_lake, TABLES, source_extra={"streaming": streaming})
+        write_config(
+            daemon.config, pg, tmp_lake, TABLES, source_extra={"streaming": streaming, "reader": reader}
+        )
         daemon.start()
         wait_converged(pg, tmp_lake, TABLES, daemon=daemon, timeout=90)
+        assert f"reader={reader}" in daemon.output(last=10_000)
 
         w = Workload(pg, seed=11)
         w.run(300, concurrency=3)
@@ -184,4 +191,27 @@ def test_changes_made_during_the_initial_load_are_neither_lost_nor_applied_twice
         t.join(timeout=30)
     assert done and done[0] > 10, "the writer did not overlap the load"
     wait_converged(pg, tmp_lake, ["public.wide"], daemon=daemon, timeout=120)
+    assert daemon.stop() == 0
+
+
+def test_a_killed_daemon_leaves_no_reader_process_holding_the_slot(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    pg.execute("create table t (id int primary key, v text)")
+    write_config(daemon.config, pg, tmp_lake, ["public.t"])
+    daemon.start()
+    daemon.wait_streaming()
+    holder = pg.query("select active_pid from pg_replication_slots where slot_name = 'cdc_test'")[0][0]
+    assert holder is not None
+    daemon.kill()  # SIGKILL: the reader process must go with it (PR_SET_PDEATHSIG)
+    wait_until(
+        lambda: (
+            pg.query("select active from pg_replication_slots where slot_name = 'cdc_test'")[0][0] is False
+        ),
+        timeout=20,
+        message="the slot is still held after the daemon was killed",
+    )
+    daemon.start()  # and a restart can take the slot at once
+    pg.execute("insert into t values (1, 'after the kill')")
+    wait_converged(pg, tmp_lake, ["public.t"], daemon=daemon)
     assert daemon.stop() == 0
