@@ -48,6 +48,7 @@ def test_randomized_workload_converges_row_for_row(
         )
         daemon.start()
         wait_converged(pg, tmp_lake, TABLES, daemon=daemon, timeout=90)
+        daemon.wait_streaming()  # the reader logs its kind when the stream starts, after the load
         assert f"reader={reader}" in daemon.output(last=10_000)
 
         w = Workload(pg, seed=11)
