@@ -15,13 +15,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from cdc_replicator.model import Lsn, TableId
-
-_LAG_RESOLUTION = timedelta(milliseconds=50)
 
 __all__ = ["HealthState", "Phase", "TableState"]
 
@@ -120,13 +118,10 @@ class HealthState:
     def txn_received(self, commit_time: datetime, commit_lsn: Lsn = Lsn.ZERO) -> None:
         """A transaction arrived from the source (its Begin); it is pending until a batch applies it.
 
-        Transactions committed within 50 ms of the last one kept share its entry (a catch-up
-        receives thousands per second): the lag is then late by at most that much.
+        One entry per transaction (at most two batches of them are pending): the apply thread pops
+        while the stream loop appends, both atomic deque operations.
         """
-        pending = self._pending
-        if pending and commit_time - pending[-1][1] < _LAG_RESOLUTION:
-            return
-        pending.append((commit_lsn.value, commit_time))
+        self._pending.append((commit_lsn.value, commit_time))
 
     def applied(self, *, complete: bool, upto: Lsn | None = None) -> None:
         """A batch ending at ``upto`` was applied: the transactions that commit before it are done.

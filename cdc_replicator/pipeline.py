@@ -516,6 +516,13 @@ class Replicator:
             return confirmed
 
         applier = _Applier(apply, start)
+
+        def hand_over(batch: ChangeBatch) -> None:
+            if resync.idle:
+                applier.submit(batch)  # merges while the loop decodes the next batch
+            else:
+                applier.apply_now(batch)  # the re-sync bookkeeping stays in this thread
+
         try:
             source.open()
             logger.info("streaming slot=%s from=%s dsn=%s", self._slot, start, redact_dsn(src.dsn))
@@ -538,13 +545,15 @@ class Replicator:
                     break
                 batch: ChangeBatch | None = None
                 if ev is None:
+                    applier.check()  # a quiet source must not hide a failed apply
                     batch = batcher.poll()
                 elif isinstance(ev, Keepalive):
                     # keepalives can arrive back to back (a server shutting down waits for our
                     # flush): the batch timer must run on them too, or nothing would ever close
+                    applier.check()
                     batch = batcher.poll()
                     if batch is not None:
-                        applier.submit(batch)
+                        hand_over(batch)
                         batch = None
                     if batcher.idle and not applier.busy:
                         confirmed = applier.wait()
@@ -582,10 +591,7 @@ class Replicator:
                         resync.on_change(ev)
                     batch = batcher.add(ev)
                 if batch is not None:
-                    if resync.idle:
-                        applier.submit(batch)  # merges while the loop decodes the next batch
-                    else:
-                        applier.apply_now(batch)  # the re-sync bookkeeping stays in this thread
+                    hand_over(batch)
                 if resync.active:
                     applier.wait()
                     resync.step()
@@ -1187,6 +1193,11 @@ class _Applier:
     def busy(self) -> bool:
         return self._pending is not None and not self._pending.done()
 
+    def check(self) -> None:
+        """Raise the error of a background apply that already failed (without waiting)."""
+        if self._pending is not None and self._pending.done():
+            self.wait()
+
     def submit(self, batch: ChangeBatch) -> None:
         self.wait()
         self._pending = self._pool.submit(self._apply, batch, self.confirmed)
@@ -1206,8 +1217,8 @@ class _Applier:
         if self._pending is not None:
             try:
                 self._pending.result()
-            except BaseException:
-                logger.debug("background apply failed while the stream stopped", exc_info=True)
+            except BaseException as exc:  # the loop's own error is the one raised
+                logger.error("a background apply failed while the stream was stopping: %s", exc)
             self._pending = None
         self._pool.shutdown(wait=True)
 

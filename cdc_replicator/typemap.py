@@ -12,8 +12,7 @@ Arrow types; numeric(p,s) up to 38 digits and money to decimal128 (numeric NaN �
 else — unconstrained numeric, time, interval, uuid, json, network, range, geometric and extension
 types, enums, composites and arrays of anything — keeps its exact text. Domains take their base type
 (``resolve_domains``). Dates and timestamps follow Delta's range 0001-01-01..9999-12-31: ±infinity
-become its ends; dates outside it are clamped (delta-rs cannot read back such statistics), while
-timestamps outside it (BC, after 9999) keep their exact value.
+and every value outside it (BC, after 9999) become the nearest end of it.
 
 A value stored differently by design is reported in ``notes`` (the sink logs it); a value that cannot
 be stored at all raises :class:`~cdc_replicator.errors.DecodeError` naming the type and one offending
@@ -214,10 +213,11 @@ def _parse_temporal(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa
     """Parse ISO date/timestamp text by its fields: any 4- to 7-digit year, BC, any UTC offset.
 
     Slower than Arrow's own parser (one regex per value), so only used when that one refuses a
-    chunk. Validates every field. ``infinity``/``-infinity`` become the ends of Delta's range;
-    BC years are proleptic Gregorian (1 BC is year 0). A timestamp outside Delta's range keeps its
-    exact value (delta-rs writes and reads it); a date outside it is stored as the nearest end,
-    because delta-rs's reader cannot parse such a date in the file statistics. Both are noted.
+    chunk. Validates every field. ``infinity``/``-infinity`` and every value outside Delta's range
+    0001-01-01..9999-12-31 (BC, proleptic Gregorian with 1 BC = year 0, or after 9999) become the
+    nearest end of that range, and are noted: one rule, so that ordering holds (an exact year-10000
+    value would sort after ``infinity``), and delta-rs's reader cannot parse dates outside it in the
+    file statistics.
     """
     if pa.types.is_date(target):
         kind, pattern = "date", _DATE_RE
@@ -251,18 +251,20 @@ def _parse_temporal(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa
     if _any(pc.or_(pc.less(day, 1), pc.greater(day, last_day))):
         raise _Unparsable
     days = _days_from_civil(year, month, day)
+    finite = pc.invert(infinite)
+    before = pc.and_(finite, pc.less(days, DATE_MIN_DAYS))
+    after = pc.and_(finite, pc.greater(days, DATE_MAX_DAYS))
+    outside = pc.or_(before, after)
+    clamp = _any(outside)
+    if clamp:
+        word = "date" if kind == "date" else "timestamp"
+        notes.append(
+            f"{_count(outside)} {word}(s) outside 0001-01-01..9999-12-31 stored as the nearest end of that range"
+        )
+        days = pc.if_else(outside, 0, days)  # computed below as a placeholder, then replaced
     if kind == "date":
-        low, high = DATE_MIN_DAYS, DATE_MAX_DAYS
-        outside = pc.and_(pc.invert(infinite), pc.or_(pc.less(days, low), pc.greater(days, high)))
-        if _any(outside):
-            notes.append(
-                f"{_count(outside)} date(s) outside 0001-01-01..9999-12-31 stored as the nearest end "
-                "of that range"
-            )
-            days = pc.max_element_wise(
-                pc.min_element_wise(days, high, skip_nulls=False), low, skip_nulls=False
-            )
         value = days
+        low, high = DATE_MIN_DAYS, DATE_MAX_DAYS
     else:
         hour, minute, second = number("hour"), number("minute"), number("second")
         if _any(pc.or_(pc.or_(pc.greater(hour, 23), pc.greater(minute, 59)), pc.greater(second, 59))):
@@ -279,6 +281,19 @@ def _parse_temporal(text: pa.Array, target: pa.DataType, notes: list[str]) -> pa
             pc.add_checked(pc.multiply_checked(seconds, _MICROS_PER_SECOND), number("fraction", 6)),
         )
         low, high = TIMESTAMP_MIN_MICROS, TIMESTAMP_MAX_MICROS
+        # a UTC offset can move a value at an end of the range just past it
+        edge = pc.and_(finite, pc.or_(pc.less(value, low), pc.greater(value, high)))
+        if _any(edge):
+            before = pc.or_(before, pc.and_(edge, pc.less(value, low)))
+            after = pc.or_(after, pc.and_(edge, pc.greater(value, high)))
+            if not clamp:
+                notes.append(
+                    f"{_count(edge)} timestamp(s) outside 0001-01-01..9999-12-31 stored as the nearest end of "
+                    "that range"
+                )
+            clamp = True
+    if clamp:
+        value = pc.if_else(before, low, pc.if_else(after, high, value))
     if _any(infinite):
         notes.append(
             f"{_count(infinite)} ±infinity value(s) stored as the end of Delta's range "
@@ -438,7 +453,7 @@ TYPES: Final[Mapping[int, PgType]] = MappingProxyType(
             PgType(705, "unknown", _STRING, _keep_text, note=_TEXT_NOTE),
             PgType(1042, "bpchar", _STRING, _keep_text, 1014, note="padded with blanks as printed"),
             PgType(1043, "varchar", _STRING, _keep_text, 1015, note=_TEXT_NOTE),
-            PgType(1082, "date", pa.date32(), _cast_date, 1182, note="infinity and BC raise DecodeError"),
+            PgType(1082, "date", pa.date32(), _cast_date, 1182, note="clamped to 0001-01-01..9999-12-31"),
             PgType(1083, "time", _STRING, _keep_text, 1183, note="delta-rs rejects time64"),
             PgType(1114, "timestamp", pa.timestamp("us"), _cast_timestamp, 1115, note="timezone-naive"),
             PgType(1184, "timestamptz", pa.timestamp("us", tz="UTC"), _cast_timestamp, 1185, note="in UTC"),

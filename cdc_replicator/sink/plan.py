@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc_replicator.batching import MOVED_PREFIX, UNCHANGED_PREFIX
+from cdc_replicator.errors import DecodeError
 from cdc_replicator.model import KeyRange, TablePatch, TableSchema
 from cdc_replicator.typemap import arrow_type, cast_text
 
@@ -70,6 +71,12 @@ def typed_columns(
         else:
             said: list[str] = []
             out.append(cast_text(col, c.type_oid, c.type_modifier, said))
+            if said and c.is_key:  # two source keys could meet in one stored value: merges would mix rows
+                raise DecodeError(
+                    f"key column {c.name} of {schema.table}: {'; '.join(said)}",
+                    hint="a key must be stored exactly: change the source value, or key the table by other "
+                    "columns",
+                )
             if notes is not None:
                 notes.extend(f"{c.name}: {note}" for note in said)
     return out

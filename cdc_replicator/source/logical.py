@@ -33,8 +33,9 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, cast
 
+from cdc_replicator import failpoints
 from cdc_replicator.errors import DecodeError, ReplicatorError, SourceUnavailable
 from cdc_replicator.log import current_logging, setup_logging
 from cdc_replicator.model import (
@@ -74,6 +75,10 @@ class _Spill:
 
 class _Stopped(Exception):
     pass
+
+
+class _ReaderGone(Exception):
+    """The reader process ended; ``args[0]`` is its exit code."""
 
 
 _STARTED = "started"  # the first item a reader hands over once START_REPLICATION succeeded
@@ -149,7 +154,9 @@ class LogicalSource:
             ctx = multiprocessing.get_context("spawn")
             self._queue = ctx.Queue(maxsize=queue_chunks)
             self._stop = ctx.Event()
-            self._shared_flush = ctx.Value(ctypes.c_uint64, start.value)
+            # no lock: one aligned 64-bit word, written by the daemon, read by the reader (a lock the
+            # reader held when it was killed would block the daemon's confirm forever)
+            self._shared_flush = ctx.RawValue(ctypes.c_uint64, start.value)
         else:
             self._queue = queue.Queue(maxsize=queue_chunks)
             self._stop = threading.Event()
@@ -182,13 +189,16 @@ class LogicalSource:
         deadline = time.monotonic() + self._connect_timeout + 30
         while True:  # the first item says whether the stream started
             try:
-                item = self._queue.get(timeout=0.5)
+                item = self._next(0.5)
+            except _ReaderGone as gone:
+                raise ReplicatorError(
+                    f"the replication reader process ended before streaming (exit code {gone.args[0]})",
+                    hint='see the log above; to read in the daemon itself set [source] reader = "thread"',
+                ) from None
+            if item is not None:
                 break
-            except queue.Empty:
-                if time.monotonic() > deadline or (self._child is not None and not self._child.is_alive()):
-                    raise SourceUnavailable(
-                        "the replication stream did not start in time", retryable=True
-                    ) from None
+            if time.monotonic() > deadline:
+                raise SourceUnavailable("the replication stream did not start in time", retryable=True)
         if isinstance(item, BaseException):
             raise item
 
@@ -228,26 +238,45 @@ class LogicalSource:
     def events(self, idle_timeout: float) -> Iterator[SourceEvent | None]:
         while True:
             try:
-                item = self._queue.get(timeout=idle_timeout)
-            except queue.Empty:
-                if self._child is not None and not self._child.is_alive():
-                    raise SourceUnavailable(
-                        f"the replication reader process ended (exit code {self._child.exitcode})",
-                        hint="see the log above for its error; the daemon reconnects",
-                    ) from None
+                item = self._next(idle_timeout)
+            except _ReaderGone as gone:
+                raise SourceUnavailable(
+                    f"the replication reader process ended (exit code {gone.args[0]})",
+                    hint="see the log above for its error; the daemon reconnects",
+                ) from None
+            if item is None:
                 yield None
                 continue
             if isinstance(item, BaseException):
                 raise item
-            yield from (_decode(item) if self._process else item)
+            chunk = cast("list[Any]", item)
+            yield from (_decode(chunk) if self._process else chunk)
+
+    def _next(self, timeout: float) -> object | None:
+        """The next item from the reader, None when none came within ``timeout``.
+
+        Raises ``_ReaderGone`` when the reader process has ended and left nothing more: its last
+        item (often an error) is in the pipe before it exits, so look once more first.
+        """
+        try:
+            item: object = self._queue.get(timeout=timeout)
+            return item
+        except queue.Empty:
+            pass
+        if self._child is not None and not self._child.is_alive():
+            try:
+                last: object = self._queue.get(timeout=0.2)
+                return last
+            except queue.Empty:
+                raise _ReaderGone(self._child.exitcode) from None
+        return None
 
     def confirm(self, upto: Lsn) -> None:
         with self._lock:
             if upto > self._flush:
                 self._flush = upto
                 if self._shared_flush is not None:
-                    with self._shared_flush.get_lock():
-                        self._shared_flush.value = upto.value
+                    self._shared_flush.value = upto.value
 
     @property
     def confirmed(self) -> Lsn:
@@ -276,8 +305,7 @@ class LogicalSource:
     def _flush_position(self) -> Lsn:
         """What the caller confirmed (read by the reader)."""
         if self._shared_flush is not None:
-            with self._shared_flush.get_lock():
-                return Lsn(self._shared_flush.value)
+            return Lsn(self._shared_flush.value)
         with self._lock:
             return self._flush
 
@@ -492,6 +520,7 @@ def _reader_process(source: LogicalSource, parent: int, logging_setup: tuple[str
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging(*logging_setup)
     tune_gc()
+    failpoints.hit("reader_start")
     try:
         source._run()
     finally:

@@ -216,3 +216,17 @@ def test_a_killed_daemon_leaves_no_reader_process_holding_the_slot(
     pg.execute("insert into t values (1, 'after the kill')")
     wait_converged(pg, tmp_lake, ["public.t"], daemon=daemon)
     assert daemon.stop() == 0
+
+
+def test_a_reader_process_that_dies_before_streaming_stops_the_daemon_naming_the_fallback(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    pg.execute("create table t (id int primary key, v text)")
+    write_config(daemon.config, pg, tmp_lake, ["public.t"])
+    daemon.start(failpoints="reader_start")  # the reader process SIGKILLs itself before it connects
+    code = daemon.wait_exit(timeout=60)
+    out = daemon.output(last=200)
+    assert code == 1, out
+    assert "replication reader process ended before streaming (exit code -9)" in out
+    assert 'reader = "thread"' in out
+    assert pg.query("select active from pg_replication_slots where slot_name = 'cdc_test'") == [(False,)]

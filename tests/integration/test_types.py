@@ -248,10 +248,10 @@ def expected_sql(case: Case) -> sql.Composable:
             "case when {0} is null then null when {0} = 'infinity' then {1} when {0} = '-infinity' then {2} "
             "else greatest(least({0} - date '1970-01-01', {1}), {2}) end"
         ).format(col, LAST_DAY, FIRST_DAY)
-    if pa.types.is_timestamp(d):  # microseconds since 1970 (UTC); ±infinity at the ends
+    if pa.types.is_timestamp(d):  # microseconds since 1970 (UTC), clamped; ±infinity at the ends
         return sql.SQL(
-            "case when {0} = 'infinity' then {1} when {0} = '-infinity' then {2} "
-            "else (extract(epoch from {0}) * 1000000)::bigint end"
+            "case when {0} is null then null when {0} = 'infinity' then {1} when {0} = '-infinity' then {2} "
+            "else greatest(least((extract(epoch from {0}) * 1000000)::bigint, {1}), {2}) end"
         ).format(col, LAST_MICRO, FIRST_MICRO)
     if case.sql_type == "money":
         return sql.SQL("{}::numeric").format(col)
@@ -288,8 +288,10 @@ def delta_values(lake: Path, cases: Sequence[Case]) -> tuple[pa.Schema, list[tup
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)  # -0 is kept
     if isinstance(a, memoryview):
         a = bytes(a)
     if isinstance(b, memoryview):

@@ -405,3 +405,17 @@ def test_a_soft_deleted_row_stays_flagged_until_it_is_inserted_again(tmp_path: P
         (1, 1, "a", "d", True),
         (2, 7, "back", "c", False),
     ]
+
+
+def test_a_key_value_delta_cannot_store_exactly_is_refused_not_merged() -> None:
+    # 'infinity' and '9999-12-31' would be one stored key: a merge would mix two source rows
+    from cdc_replicator.errors import DecodeError
+    from cdc_replicator.model import Column, TableId, TableSchema
+    from cdc_replicator.sink.plan import typed_columns
+
+    schema = TableSchema(TableId("public", "d"), (Column("day", 1082, -1, True), Column("v", 25)))
+    rows = pa.table({"day": pa.array([b"infinity", b"9999-12-31"]), "v": pa.array([b"a", b"b"])})
+    with pytest.raises(DecodeError, match="key column day of public.d: 1 ±infinity"):
+        typed_columns(schema, rows)
+    fine = pa.table({"day": pa.array([b"2024-01-01"]), "v": pa.array([b"infinity"])})
+    assert typed_columns(schema, fine)[0].to_pylist()[0].year == 2024
