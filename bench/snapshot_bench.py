@@ -56,8 +56,8 @@ from common import (
 from psycopg import sql
 from workers import dlt_table_path
 
+from cdc_replicator.demo.localpg import LocalPostgres, find_binaries
 from cdc_replicator.errors import ReplicatorError
-from cdc_replicator.localpg import LocalPostgres, find_binaries
 
 logger = logging.getLogger("snapshot_bench")
 

@@ -61,8 +61,8 @@ from common import (
 from deltalake import DeltaTable, write_deltalake
 
 from cdc_replicator.config import TargetConfig
+from cdc_replicator.demo.localpg import LocalPostgres, find_binaries
 from cdc_replicator.errors import ReplicatorError
-from cdc_replicator.localpg import LocalPostgres, find_binaries
 from cdc_replicator.model import Column, Lsn, Op, TableId, TablePatch, TablePosition, TableSchema
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.sink.plan import target_schema

@@ -12,7 +12,9 @@ from typing import ClassVar, Final
 import pyarrow as pa
 
 __all__ = [
+    "MOVED_PREFIX",
     "UNCHANGED",
+    "UNCHANGED_PREFIX",
     "Begin",
     "ChangeBatch",
     "ColumnSelection",
@@ -295,6 +297,10 @@ SourceEvent = Begin | RelationChanged | RowChange | Truncate | Commit | Keepaliv
 
 
 # ---- batches -----------------------------------------------------------------------------------
+
+# extra columns of a TablePatch's rows (see TablePatch): "keep the target's value" flags, the old key of a moved row
+UNCHANGED_PREFIX: Final = "__unchanged__"
+MOVED_PREFIX: Final = "__moved_from__"
 
 
 @dataclass(frozen=True, slots=True)

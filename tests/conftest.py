@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc_replicator.localpg import LocalPostgres, PgBinaries, find_binaries
+from cdc_replicator.demo.localpg import LocalPostgres, PgBinaries, find_binaries
 from tests.support.pg import PgDatabase, create_test_database, drop_test_database, versions_from_env
 
 try:

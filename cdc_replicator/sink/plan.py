@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdc_replicator.batching import MOVED_PREFIX, UNCHANGED_PREFIX
 from cdc_replicator.errors import DecodeError
-from cdc_replicator.model import KeyRange, TablePatch, TableSchema
+from cdc_replicator.model import MOVED_PREFIX, UNCHANGED_PREFIX, KeyRange, TablePatch, TableSchema
 from cdc_replicator.typemap import arrow_type, cast_text
 
 __all__ = [

@@ -35,9 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, cast
 
-from cdc_replicator import failpoints
 from cdc_replicator.errors import DecodeError, ReplicatorError, SourceUnavailable
-from cdc_replicator.log import current_logging, setup_logging
 from cdc_replicator.model import (
     Begin,
     ColumnSelection,
@@ -50,7 +48,9 @@ from cdc_replicator.model import (
     TableId,
     pg_time_to_datetime,
 )
-from cdc_replicator.runtime import tune_gc
+from cdc_replicator.service import failpoints
+from cdc_replicator.service.log import current_logging, setup_logging
+from cdc_replicator.service.runtime import tune_gc
 from cdc_replicator.source import pgoutput as wire
 from cdc_replicator.source.decoding import Decoder
 from cdc_replicator.source.replication import PrimaryKeepalive, ReplicationConnection, quote_ident

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from cdc_replicator.localpg import LocalPostgres, free_port
+from cdc_replicator.demo.localpg import LocalPostgres, free_port
 from tests.support.cli import refusal
 from tests.support.daemon import Daemon, run_cli, wait_converged, write_config
 from tests.support.pg import PgDatabase

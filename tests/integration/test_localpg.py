@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from psycopg.abc import Params
 
+from cdc_replicator.demo.localpg import LocalPostgres, PgBinaries, find_binaries, make_standby
 from cdc_replicator.errors import SourceError
-from cdc_replicator.localpg import LocalPostgres, PgBinaries, find_binaries, make_standby
 from tests.support.pg import PgDatabase, create_test_database, drop_test_database
 from tests.support.wait import wait_until
 

@@ -294,8 +294,8 @@ def test_the_shipped_alert_rules_pass_promtool_and_use_only_metrics_we_export() 
     )
     assert check.returncode == 0, check.stdout + check.stderr
 
-    from cdc_replicator.health import HealthState
-    from cdc_replicator.metrics import Metrics
+    from cdc_replicator.service.health import HealthState
+    from cdc_replicator.service.metrics import Metrics
 
     families = list(text_string_to_metric_families(Metrics(HealthState(())).render().decode()))
     # a labelled counter has no sample before its first use: name it from its family

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cdc_replicator.localpg import LocalPostgres, find_binaries
+from cdc_replicator.demo.localpg import LocalPostgres, find_binaries
 from tests.support.daemon import Daemon, run_cli, wait_converged, write_config
 from tests.support.pg import PgDatabase, create_test_database, drop_test_database
 from tests.support.wait import wait_until

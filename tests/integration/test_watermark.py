@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from deltalake import DeltaTable
 
-from cdc_replicator.localpg import LocalPostgres
+from cdc_replicator.demo.localpg import LocalPostgres
 from tests.support.daemon import Daemon, run_cli, wait_converged, write_config
 from tests.support.lake import table_path
 from tests.support.pg import PgDatabase

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from cdc_replicator.batching import Batcher
+from cdc_replicator.engine.batching import Batcher
 from cdc_replicator.model import (
     Begin,
     ChangeBatch,

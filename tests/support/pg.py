@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.abc import Params, QueryNoTemplate
 
-from cdc_replicator.localpg import LocalPostgres
+from cdc_replicator.demo.localpg import LocalPostgres
 from tests.support.wait import wait_until
 
 __all__ = [

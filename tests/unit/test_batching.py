@@ -11,10 +11,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from cdc_replicator.batching import UNCHANGED_PREFIX, Batcher, BatchLimits
+from cdc_replicator.engine.batching import Batcher, BatchLimits
 from cdc_replicator.errors import DecodeError
 from cdc_replicator.model import (
     UNCHANGED,
+    UNCHANGED_PREFIX,
     ChangeBatch,
     Column,
     Lsn,
@@ -864,7 +865,7 @@ def test_a_delete_without_an_old_key_is_a_decode_error() -> None:
 
 
 def test_a_moved_row_updated_again_in_the_batch_still_takes_unchanged_values_from_its_old_key() -> None:
-    from cdc_replicator.batching import MOVED_PREFIX
+    from cdc_replicator.model import MOVED_PREFIX
     from tests.support.events import INT8, TEXT
 
     t = TableId("public", "moves")

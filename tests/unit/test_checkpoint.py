@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from cdc_replicator.checkpoint import Recorded, SlotState, StartKind, StartPlan, plan_start
+from cdc_replicator.engine.checkpoint import Recorded, SlotState, StartKind, StartPlan, plan_start
 from cdc_replicator.errors import PositionMismatch, ReplicatorError, SlotInvalidated, SourceError
 from cdc_replicator.model import Lsn, PartialTxn, TableId, TablePosition
 

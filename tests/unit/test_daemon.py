@@ -9,7 +9,7 @@ import time
 
 SCRIPT = """
 import threading, time, sys
-from cdc_replicator.daemon import install_signal_handlers
+from cdc_replicator.service.daemon import install_signal_handlers
 stop = threading.Event()
 install_signal_handlers(stop, grace_seconds={grace})
 print("ready", flush=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from cdc_replicator.health import HealthState, Phase, TableState
 from cdc_replicator.model import Lsn, TableId
+from cdc_replicator.service.health import HealthState, Phase, TableState
 
 ORDERS = TableId("public", "orders")
 ITEMS = TableId("public", "items")

@@ -18,19 +18,25 @@ import cdc_replicator
 PACKAGE = "cdc_replicator"
 ROOT = Path(cdc_replicator.__file__).resolve().parent
 
-# modules that may bring source and sink together
-# loader wires the snapshot source to the sink for chunked loads, as pipeline does for the stream
-WIRING = {
-    f"{PACKAGE}.pipeline",
-    f"{PACKAGE}.loader",
-    f"{PACKAGE}.cli",
-    f"{PACKAGE}.status",
-    f"{PACKAGE}.demo",
-}
+# The package's folders, lowest first (see the README's Layout): a module imports only modules of
+# its own level or a lower one, so data flows one way: source → engine (batch → apply → confirm) → sink,
+# with the command line and the demo on top. ``source`` and ``sink`` share a level and never meet
+# except in the engine.
+LEVELS: tuple[frozenset[str], ...] = (
+    frozenset({"model", "errors"}),
+    frozenset({"types", "typemap", "config"}),
+    frozenset({"service"}),
+    frozenset({"source", "sink", "store"}),
+    frozenset({"engine"}),
+    frozenset({"cli", "demo", "__main__"}),
+)
+# imports allowed against the levels, each with its reason (none today)
+EXCEPTIONS: frozenset[tuple[str, str]] = frozenset()
 # pure modules: bytes/Arrow in, values out
 PURE = [
-    f"{PACKAGE}.batching",
-    f"{PACKAGE}.checkpoint",
+    f"{PACKAGE}.engine.batching",
+    f"{PACKAGE}.engine.checkpoint",
+    f"{PACKAGE}.engine.contracts",
     f"{PACKAGE}.sink.plan",
     f"{PACKAGE}.source.decoding",
     f"{PACKAGE}.source.pgoutput",
@@ -111,7 +117,7 @@ def test_the_walker_sees_every_module_of_the_package_and_their_imports() -> None
     names = modules()
     assert {
         f"{PACKAGE}.model",
-        f"{PACKAGE}.batching",
+        f"{PACKAGE}.engine.batching",
         f"{PACKAGE}.sink.delta",
         f"{PACKAGE}.source.pgoutput",
     } <= set(names)
@@ -152,15 +158,37 @@ def test_pgoutput_imports_only_errors_and_model_from_the_package() -> None:
     assert not bad, report(bad)
 
 
-def test_only_the_wiring_modules_import_both_source_and_sink() -> None:
-    bad: list[Import] = []
+def folder(name: str) -> str:
+    """The first part below the package: ``engine`` for ``cdc_replicator.engine.stream``."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def level(name: str) -> int:
+    f = folder(name)
+    for i, names in enumerate(LEVELS):
+        if f in names:
+            return i
+    raise AssertionError(f"{name} is in no level of LEVELS: add its folder to the list")
+
+
+def test_every_module_of_the_package_has_a_level() -> None:
     for mod in modules():
-        if mod in WIRING or layer(mod) is not None:
-            continue
-        imps = imports_of(mod)
-        layers = {layer(i.target) for i in imps} - {None}
-        if layers == {"source", "sink"}:
-            bad += [i for i in imps if layer(i.target) is not None]
+        if mod != PACKAGE:
+            level(mod)
+
+
+def test_a_module_imports_only_its_own_level_or_lower_ones() -> None:
+    bad = [
+        imp
+        for mod in modules()
+        if mod != PACKAGE
+        for imp in imports_of(mod)
+        if in_package(imp.target)
+        and imp.target != PACKAGE
+        and level(imp.target) > level(mod)
+        and (mod, imp.target) not in EXCEPTIONS
+    ]
 
     assert not bad, report(bad)
 

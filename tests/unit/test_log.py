@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cdc_replicator import log
+from cdc_replicator.service import log
 
 
 @pytest.fixture
@@ -25,12 +25,12 @@ def json_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
 
 
 def test_each_event_is_one_json_line_with_its_key_value_pairs_as_fields(json_lines: io.StringIO) -> None:
-    logging.getLogger("cdc_replicator.pipeline").info(
+    logging.getLogger("cdc_replicator.engine.pipeline").info(
         "batch applied batch=%d end=%s table=%s seconds=%.3f", 12, "0/16B3748", "public.orders", 0.25
     )
     (line,) = json_lines.getvalue().splitlines()
     event = json.loads(line)
-    assert event["level"] == "info" and event["logger"] == "cdc_replicator.pipeline"
+    assert event["level"] == "info" and event["logger"] == "cdc_replicator.engine.pipeline"
     assert event["msg"] == "batch applied batch=12 end=0/16B3748 table=public.orders seconds=0.250"
     assert (event["batch"], event["end"], event["table"], event["seconds"]) == (
         12,

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdc_replicator.health import HealthState, Phase, TableState
-from cdc_replicator.metrics import Metrics
 from cdc_replicator.model import Lsn, TableId
+from cdc_replicator.service.health import HealthState, Phase, TableState
+from cdc_replicator.service.metrics import Metrics
 
 ORDERS = TableId("public", "orders")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc_replicator.daemon import SystemdNotifier
+from cdc_replicator.service.daemon import SystemdNotifier
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from cdc_replicator.batching import Batcher, BatchLimits
+from cdc_replicator.engine.batching import Batcher, BatchLimits
 from cdc_replicator.model import (
     UNCHANGED,
     ChangeBatch,

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from cdc_replicator.progress import (
+from cdc_replicator.cli.progress import (
     UNKNOWN,
     LoadProgress,
     TableProgress,
@@ -32,7 +32,7 @@ from cdc_replicator.progress import (
 )
 from tests.support.events import FakeClock
 
-LOGGER = "cdc_replicator.progress"
+LOGGER = "cdc_replicator.cli.progress"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from cdc_replicator.engine.contracts import decide, diff_schemas, schema_from_json, schema_to_json
 from cdc_replicator.model import Column, TableId, TableSchema
-from cdc_replicator.schema import decide, diff_schemas, schema_from_json, schema_to_json
 
 T = TableId("public", "orders")
 INT2, INT4, INT8, TEXT, VARCHAR, NUMERIC, FLOAT4, FLOAT8, BOOL = 21, 23, 20, 25, 1043, 1700, 700, 701, 16

@@ -24,8 +24,8 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cdc_replicator import __version__
-from cdc_replicator.health import HealthState, Phase, TableState
 from cdc_replicator.model import TableId
+from cdc_replicator.service.health import HealthState, Phase, TableState
 
 __all__ = ["CONTENT_TYPE_LATEST", "WAL_STATUSES", "Metrics"]
 

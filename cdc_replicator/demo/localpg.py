@@ -638,7 +638,7 @@ class LocalPostgres:
 
     def _write_config(self) -> None:
         """(Re)write localpg.conf, include it from postgresql.conf once, and write pg_hba.conf."""
-        lines = ["# written by cdc_replicator.localpg; rewritten on every start"]
+        lines = ["# written by cdc_replicator.demo.localpg; rewritten on every start"]
         lines += [f"{name} = {_conf_value(value)}" for name, value in self._config().items()]
         self._write_owned(self.datadir / _CONF_INCLUDE, "\n".join(lines) + "\n")
         main_conf = self.datadir / "postgresql.conf"

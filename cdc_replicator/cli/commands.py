@@ -17,7 +17,7 @@ import click
 from cdc_replicator import __version__
 from cdc_replicator.config import Config, load_config
 from cdc_replicator.errors import ConfigError, ReplicatorError
-from cdc_replicator.log import setup_logging
+from cdc_replicator.service.log import setup_logging
 
 __all__ = ["main"]
 
@@ -87,12 +87,12 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> 
 @_errors_to_exit
 def run(ctx: click.Context, once: bool) -> None:
     """Stream changes into Delta (loading every table first on the first run)."""
-    from cdc_replicator.daemon import SystemdNotifier, install_signal_handlers
-    from cdc_replicator.health import HealthState, Phase
-    from cdc_replicator.metrics import Metrics
-    from cdc_replicator.pipeline import Replicator
-    from cdc_replicator.runtime import tune_gc
-    from cdc_replicator.server import HealthServer
+    from cdc_replicator.engine.pipeline import Replicator
+    from cdc_replicator.service.daemon import SystemdNotifier, install_signal_handlers
+    from cdc_replicator.service.health import HealthState, Phase
+    from cdc_replicator.service.metrics import Metrics
+    from cdc_replicator.service.runtime import tune_gc
+    from cdc_replicator.service.server import HealthServer
 
     stop = threading.Event()
     install_signal_handlers(stop)  # first: a SIGTERM during start-up still stops cleanly
@@ -154,10 +154,10 @@ def snapshot(ctx: click.Context, tables: tuple[str, ...], parallel: int | None) 
     it re-syncs them live (not a paused table: stop the daemon for that); otherwise they are loaded
     here and the daemon continues where it was. In watermark mode stop the daemon first.
     """
-    from cdc_replicator.daemon import install_signal_handlers
+    from cdc_replicator.cli.progress import LoadProgress, render_summary
+    from cdc_replicator.engine.pipeline import Replicator
     from cdc_replicator.model import TableId
-    from cdc_replicator.pipeline import Replicator
-    from cdc_replicator.progress import LoadProgress, render_summary
+    from cdc_replicator.service.daemon import install_signal_handlers
 
     stop = threading.Event()
     install_signal_handlers(stop)
@@ -184,7 +184,7 @@ def snapshot(ctx: click.Context, tables: tuple[str, ...], parallel: int | None) 
 @_errors_to_exit
 def status(ctx: click.Context, as_json: bool) -> None:
     """Where each table stands (read from the Delta commits and the source), whether or not a daemon runs."""
-    from cdc_replicator.status import collect_status, render_status
+    from cdc_replicator.cli.status import collect_status, render_status
 
     cfg = _load(ctx)
     report = collect_status(cfg)
@@ -207,7 +207,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def migrate(ctx: click.Context, on_source: bool) -> None:
     """Apply the pending migrations: the state store's, and (by default) the source's. Each runs once."""
     from cdc_replicator.source import checks, objects
-    from cdc_replicator.state import StateStore, migrations_dir
+    from cdc_replicator.store.state import StateStore, migrations_dir
 
     cfg = _load(ctx)
     store = StateStore(cfg.state.url)  # applies the state store's pending migrations on open
@@ -236,7 +236,7 @@ def teardown(ctx: click.Context, yes: bool, drop_schema: bool) -> None:
     slot. Without the slot the source no longer keeps WAL for cdc-replicator.
     """
     from cdc_replicator.source import checks, objects
-    from cdc_replicator.state import StateStore
+    from cdc_replicator.store.state import StateStore
 
     cfg = _load(ctx)
     src = cfg.source
@@ -274,7 +274,7 @@ def teardown(ctx: click.Context, yes: bool, drop_schema: bool) -> None:
 @_errors_to_exit
 def demo(workdir: Path, seconds: float, pg_version: str | None) -> None:
     """Quickstart: a throwaway local PostgreSQL with live sample changes, replicated into ./cdc-demo/lake."""
-    from cdc_replicator.demo import run_demo
+    from cdc_replicator.demo.run import run_demo
 
     run_demo(workdir, seconds=seconds, pg_version=int(pg_version) if pg_version else None)
 

@@ -26,7 +26,9 @@ import pyarrow as pa
 
 from cdc_replicator.errors import DecodeError
 from cdc_replicator.model import (
+    MOVED_PREFIX,
     UNCHANGED,
+    UNCHANGED_PREFIX,
     Begin,
     ChangeBatch,
     Commit,
@@ -44,10 +46,8 @@ from cdc_replicator.model import (
     Value,
 )
 
-__all__ = ["MOVED_PREFIX", "UNCHANGED_PREFIX", "BatchLimits", "Batcher"]
+__all__ = ["BatchLimits", "Batcher"]
 
-UNCHANGED_PREFIX = "__unchanged__"
-MOVED_PREFIX = "__moved_from__"
 _TS_UTC = pa.timestamp("us", tz="UTC")
 
 

@@ -55,11 +55,11 @@ from cdc_replicator.config import (
     TableConfig,
     TargetConfig,
 )
+from cdc_replicator.demo.localpg import LocalPostgres, find_binaries
+from cdc_replicator.engine.pipeline import BatchReport, Replicator
 from cdc_replicator.errors import ReplicatorError
-from cdc_replicator.localpg import LocalPostgres, find_binaries
-from cdc_replicator.log import setup_logging
 from cdc_replicator.model import Lsn, TableId
-from cdc_replicator.pipeline import BatchReport, Replicator
+from cdc_replicator.service.log import setup_logging
 
 __all__ = ["DemoError", "run_demo"]
 

@@ -25,9 +25,9 @@ from typing import Protocol
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from cdc_replicator import failpoints
 from cdc_replicator.errors import ReplicatorError
 from cdc_replicator.model import KeyRange, Lsn, TableId, TableSchema
+from cdc_replicator.service import failpoints
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.source import checks
 from cdc_replicator.source.snapshot import (
@@ -39,7 +39,7 @@ from cdc_replicator.source.snapshot import (
     plan_ranges,
     range_condition,
 )
-from cdc_replicator.state import StateStore
+from cdc_replicator.store.state import StateStore
 
 __all__ = ["LoadResult", "Loader", "ProgressSink"]
 

@@ -27,14 +27,13 @@ from tenacity import (
     wait_exponential,
 )
 
-from cdc_replicator import failpoints
-from cdc_replicator.batching import Batcher, BatchLimits
-from cdc_replicator.checkpoint import Recorded, SlotState, StartKind, StartPlan, plan_start
 from cdc_replicator.config import Config, TableConfig, redact_dsn
+from cdc_replicator.engine.batching import Batcher, BatchLimits
+from cdc_replicator.engine.checkpoint import Recorded, SlotState, StartKind, StartPlan, plan_start
+from cdc_replicator.engine.contracts import decide, schema_from_json, schema_to_json
+from cdc_replicator.engine.loader import Loader, LoadInterrupted, LoadResult, ProgressSink
+from cdc_replicator.engine.resync import Resyncer, request_resync
 from cdc_replicator.errors import ConfigError, ReplicatorError, SourceError
-from cdc_replicator.health import HealthState, Phase, TableState
-from cdc_replicator.loader import Loader, LoadInterrupted, LoadResult, ProgressSink
-from cdc_replicator.metrics import WAL_STATUSES, Metrics
 from cdc_replicator.model import (
     Begin,
     ChangeBatch,
@@ -53,8 +52,9 @@ from cdc_replicator.model import (
     TableSchema,
     Truncate,
 )
-from cdc_replicator.resync import Resyncer, request_resync
-from cdc_replicator.schema import decide, schema_from_json, schema_to_json
+from cdc_replicator.service import failpoints
+from cdc_replicator.service.health import HealthState, Phase, TableState
+from cdc_replicator.service.metrics import WAL_STATUSES, Metrics
 from cdc_replicator.sink.delta import ApplyResult, DeltaSink
 from cdc_replicator.source import checks, objects
 from cdc_replicator.source.logical import LogicalSource
@@ -74,7 +74,7 @@ from cdc_replicator.source.watermark import (
     settle,
     wall,
 )
-from cdc_replicator.state import StateStore, migrations_dir
+from cdc_replicator.store.state import StateStore, migrations_dir
 from cdc_replicator.typemap import cast_text, resolve_domains, unresolved_types
 
 __all__ = ["BatchReport", "Replicator"]

@@ -15,8 +15,8 @@ from typing import Any
 
 from cdc_replicator.config import ServerConfig
 from cdc_replicator.errors import ConfigError
-from cdc_replicator.health import HealthState
-from cdc_replicator.metrics import CONTENT_TYPE_LATEST, Metrics
+from cdc_replicator.service.health import HealthState
+from cdc_replicator.service.metrics import CONTENT_TYPE_LATEST, Metrics
 
 __all__ = ["HealthServer"]
 

@@ -27,7 +27,7 @@ def migrations_dir(kind: str = "state") -> Path:
     override = os.environ.get("CDC_REPLICATOR_MIGRATIONS")
     candidates = [Path(override) / kind] if override else []
     candidates += [
-        Path(__file__).resolve().parent.parent / "migrations" / kind,
+        Path(__file__).resolve().parents[2] / "migrations" / kind,
         Path(sys.prefix) / "share" / "cdc-replicator" / "migrations" / kind,
     ]
     for c in candidates:

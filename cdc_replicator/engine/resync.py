@@ -48,7 +48,7 @@ from cdc_replicator.model import (
 from cdc_replicator.source import checks
 from cdc_replicator.source.decoding import MESSAGE_PREFIX
 from cdc_replicator.source.snapshot import key_type_names, output_text
-from cdc_replicator.state import ResyncRecord, StateStore
+from cdc_replicator.store.state import ResyncRecord, StateStore
 
 __all__ = ["Resyncer", "request_resync"]
 

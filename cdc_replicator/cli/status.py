@@ -16,7 +16,7 @@ from cdc_replicator.errors import ReplicatorError
 from cdc_replicator.model import Lsn
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.source import checks
-from cdc_replicator.state import StateStore
+from cdc_replicator.store.state import StateStore
 
 __all__ = ["collect_status", "render_status"]
 

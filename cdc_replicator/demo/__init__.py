@@ -1,0 +1,1 @@
+"""The README's demo: a throwaway local PostgreSQL with live sample changes, replicated into a local lake."""
