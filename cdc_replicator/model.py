@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 import pyarrow as pa
 
@@ -24,7 +25,11 @@ __all__ = [
     "KeyRange",
     "Lsn",
     "Op",
+    "Page",
     "PartialTxn",
+    "PendingRange",
+    "Poll",
+    "Position",
     "RelationChanged",
     "ResyncCleanup",
     "SourceMessage",
@@ -37,6 +42,9 @@ __all__ = [
     "Truncate",
     "Unchanged",
     "Value",
+    "WatermarkPosition",
+    "WatermarkTable",
+    "XidSnapshot",
     "pg_time_to_datetime",
 ]
 
@@ -198,6 +206,127 @@ class TablePosition:
             return self.lsn >= other.lsn
         p = other.partial
         return self.holds(p.commit_lsn, p.seq) and self.lsn >= other.lsn
+
+
+@dataclass(frozen=True, slots=True)
+class XidSnapshot:
+    """``pg_current_snapshot()``: xids below ``xmin`` are finished, ``xip`` were in progress."""
+
+    xmin: int
+    xmax: int
+    xip: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> XidSnapshot:
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
+
+    def finished(self, xid: int) -> bool:
+        """True when transaction ``xid`` (older than this snapshot's xmax) is no longer running."""
+        return xid < self.xmin or (xid < self.xmax and xid not in self.xip)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRange:
+    """A poll's range that late rows may still land in: (``after``, ``upto``] of (cursor..., key...)."""
+
+    after: tuple[str, ...] | None  # None: from the start of the table
+    upto: tuple[str, ...]
+    snapshot: XidSnapshot
+    at: float  # wall-clock seconds of the poll
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.snapshot
+        return {
+            "after": self.after,
+            "upto": self.upto,
+            "xmin": s.xmin,
+            "xmax": s.xmax,
+            "xip": s.xip,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PendingRange:
+        after = d.get("after")
+        return cls(
+            tuple(after) if after is not None else None,
+            tuple(d["upto"]),
+            XidSnapshot(int(d["xmin"]), int(d["xmax"]), tuple(int(x) for x in d["xip"])),
+            float(d["at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WatermarkPosition:
+    """What a polled table (watermark mode) holds: every row up to ``read`` (cursor..., key...) is
+    applied; rows may still land late in the ``pending`` ranges, which polls keep watching.
+
+    ``seq`` orders the table's commits (strictly increasing; the Delta transaction version).
+    Its JSON form travels in the table's commit metadata and in the state store.
+    """
+
+    read: tuple[str, ...] | None = None
+    pending: tuple[PendingRange, ...] = ()
+    seq: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"read": self.read, "pending": [p.to_json() for p in self.pending], "seq": self.seq},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> WatermarkPosition:
+        d = json.loads(text)
+        read = d.get("read")
+        return cls(
+            tuple(read) if read is not None else None,
+            tuple(PendingRange.from_json(p) for p in d.get("pending", [])),
+            int(d.get("seq", 0)),
+        )
+
+
+# What a table holds: a logical stream's position, or a polled table's watermark.
+Position = TablePosition | WatermarkPosition
+
+
+# ---- what a polling source reads (watermark mode) ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WatermarkTable:
+    """One polled table: its schema (key from the catalog), cursor columns and options."""
+
+    schema: TableSchema
+    cursor: tuple[str, ...]
+    delete_column: str = ""
+    page_size: int = 10_000
+    soft_delete: bool = False
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """Cursor columns, then the key columns not already among them."""
+        return self.cursor + tuple(k for k in self.schema.key if k not in self.cursor)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Rows read from one table as PostgreSQL text (``binary`` columns) plus ``_cdc_*`` columns."""
+
+    rows: pa.Table
+    last: tuple[str, ...] | None  # (cursor..., key...) of the last row of a forward page
+    late: bool  # rows found behind the watermark
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """One poll of one table in one snapshot: the snapshot, and its pages (late rows first)."""
+
+    snapshot: XidSnapshot
+    wal_position: Lsn  # the database's WAL position the snapshot reflects (replay position on a replica)
+    replica_lag_seconds: float | None
+    pages: Iterator[Page]
 
 
 @dataclass(frozen=True, slots=True)

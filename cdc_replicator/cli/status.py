@@ -7,7 +7,6 @@ slot, the server's WAL position). Nothing it returns holds a secret.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -126,14 +125,13 @@ def _watermark_status(cfg: Config, sink: DeltaSink, recorded: dict[str, Any]) ->
         name = str(t)
         row_: dict[str, Any] = {"table": name, "mode": "watermark"}
         try:
-            text = sink.latest_metadata(t, "cdc.watermark")
+            wm = sink.watermark(t)
             commit = sink.last_commit(t)
             rows = sink.row_count(t)
         except ReplicatorError as exc:
             row_.update(state="failed", last_error=f"cannot read the Delta table: {exc.message}")
             tables.append(row_)
             continue
-        state = json.loads(text) if text else None
         saved = recorded.get(name)
         if commit is None:
             word = "not loaded"
@@ -143,8 +141,8 @@ def _watermark_status(cfg: Config, sink: DeltaSink, recorded: dict[str, Any]) ->
             word = "polling" if running else "stopped"
         row_.update(
             state=word,
-            position=None if not state or state.get("read") is None else ",".join(state["read"]),
-            pending_ranges=None if not state else len(state.get("pending", [])),
+            position=None if wm is None or wm.read is None else ",".join(wm.read),
+            pending_ranges=None if wm is None else len(wm.pending),
             lag_bytes=None,
             **_lake_fields(rows, commit, now),
             last_error=saved.last_error if saved else None,

@@ -1,4 +1,4 @@
-"""Pure position rules: where to start, when to refuse, and what may be confirmed to the source.
+"""Pure position rules: where to start, when to refuse (``plan_start``), and what may be confirmed (``Checkpointer``).
 
 The flush rule (invariant 2): the LSN confirmed to PostgreSQL is the end of the last batch whose
 touched tables have all committed; a table the batch did not touch has nothing pending. A table's
@@ -8,13 +8,15 @@ own position is only the rule for skipping what it already holds after a restart
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from cdc_replicator.errors import PositionMismatch, SlotInvalidated
-from cdc_replicator.model import Lsn, TableId, TablePosition
+from cdc_replicator.model import ChangeBatch, Lsn, TableId, TablePosition
 
-__all__ = ["SlotState", "StartKind", "StartPlan", "Recorded", "plan_start"]
+__all__ = ["Checkpointer", "Pause", "Recorded", "SlotState", "StartKind", "StartPlan", "plan_start"]
 
 _RESYNC = "cdc-replicator --config FILE snapshot"
 
@@ -128,3 +130,108 @@ def plan_start(
 
 def _list(held: Mapping[TableId, TablePosition]) -> str:
     return ", ".join(f"{t} at {p.lsn}" for t, p in sorted(held.items()))
+
+
+# ---- the flush rule ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """A table held back by a schema change: nothing from ``cap`` on is confirmed while it lasts."""
+
+    cap: Lsn  # the end of the last transaction before the change
+    reason: str
+
+
+@dataclass(slots=True)
+class _InFlight:
+    batch_id: int
+    end: Lsn
+    waiting: set[TableId] = field(default_factory=set)
+
+
+class Checkpointer:
+    """The one flush rule: which LSN may be confirmed to the source. Pure; driven by the loop's thread.
+
+    - A batch handed to the sink (``submitted``) is in flight until every table it touches has
+      committed (``committed``). What may be confirmed is the end of the last batch that, with every
+      batch before it, is fully committed. A table the batch did not touch has nothing pending.
+    - A batch cut inside a large transaction ends where the last complete transaction ended, so the
+      head of a large transaction in flight never lets the confirm pass the transactions before it.
+    - A paused table caps it at the end of the last transaction before its change (``pause``);
+      pauses last until the next start, which decides again.
+    - With nothing in flight and nothing buffered, everything the server sent before a keepalive is
+      applied (``idle``), up to the same caps.
+    - It never moves backwards; ``confirmed`` records what was sent.
+    """
+
+    def __init__(self, confirmed: Lsn) -> None:
+        self._confirmed = confirmed
+        self._done = confirmed  # end of the last batch that, with all before it, is committed
+        self._in_flight: deque[_InFlight] = deque()
+        self._pauses: dict[TableId, Pause] = {}
+        self._positions: dict[TableId, TablePosition] = {}
+
+    # ---- pauses ------------------------------------------------------------------------------
+
+    def pause(self, table: TableId, cap: Lsn, reason: str) -> None:
+        self._pauses[table] = Pause(cap, reason)
+
+    def is_paused(self, table: TableId) -> bool:
+        return table in self._pauses
+
+    @property
+    def pauses(self) -> Mapping[TableId, Pause]:
+        return MappingProxyType(self._pauses)
+
+    # ---- batches -----------------------------------------------------------------------------
+
+    def submitted(self, batch: ChangeBatch) -> None:
+        """``batch`` was handed to the sink (batches are handed over in order)."""
+        if self._in_flight and batch.batch_id <= self._in_flight[-1].batch_id:
+            raise ValueError(f"batch {batch.batch_id} submitted after batch {self._in_flight[-1].batch_id}")
+        self._in_flight.append(_InFlight(batch.batch_id, batch.end, set(batch.tables)))
+
+    def committed(self, batch_id: int, table: TableId, position: TablePosition) -> None:
+        """``table``'s commit of batch ``batch_id`` is durable; it holds ``position``."""
+        for f in self._in_flight:
+            if f.batch_id == batch_id:
+                f.waiting.discard(table)
+                self._positions[table] = position
+                return
+        raise ValueError(f"batch {batch_id} is not in flight")
+
+    @property
+    def in_flight(self) -> bool:
+        return bool(self._in_flight)
+
+    def position(self, table: TableId) -> TablePosition | None:
+        """The last position ``table`` committed in this run (None: none yet)."""
+        return self._positions.get(table)
+
+    # ---- what may be confirmed -------------------------------------------------------------------
+
+    def flushable(self) -> Lsn | None:
+        """The LSN to confirm now, or None when it would not move forward."""
+        while self._in_flight and not self._in_flight[0].waiting:
+            self._done = max(self._done, self._in_flight.popleft().end)
+        return self._ahead(self._done)
+
+    def idle(self, wal_end: Lsn) -> Lsn | None:
+        """Nothing is in flight or buffered, and the server sent everything before ``wal_end``."""
+        if self._in_flight:
+            return None
+        self._done = max(self._done, wal_end)
+        return self._ahead(self._done)
+
+    def confirmed(self, lsn: Lsn) -> None:
+        """``lsn`` was recorded and sent to the source."""
+        self._confirmed = max(self._confirmed, lsn)
+
+    @property
+    def last_confirmed(self) -> Lsn:
+        return self._confirmed
+
+    def _ahead(self, lsn: Lsn) -> Lsn | None:
+        capped = min([lsn, *(p.cap for p in self._pauses.values())])
+        return capped if capped > self._confirmed else None

@@ -222,7 +222,7 @@ class Loader:
                                     w.schema,
                                     rows,
                                     w.key_range,
-                                    snapshot_lsn=snapshot_lsn,
+                                    row_lsn=snapshot_lsn.value,
                                     loaded_at=loaded_at,
                                     append=w.append,
                                     native=self._arrow,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import psycopg
@@ -115,9 +115,9 @@ class Resyncer:
         schemas: Mapping[TableId, TableSchema],
         chunk_rows: int,
         connect_timeout: float = 10.0,
-        paused: Container[TableId] = (),
+        is_paused: Callable[[TableId], bool] = lambda _t: False,
     ) -> None:
-        self._paused = paused  # tables held back by a schema change: they cannot be re-synced live
+        self._is_paused = is_paused  # a table held back by a schema change cannot be re-synced live
         self._dsn = dsn
         self._slot = slot
         self._state = state
@@ -247,7 +247,7 @@ class Resyncer:
             done = [r for r in self._state.resyncs(self._slot) if r.table == tid and r.request == request]
             if done and done[0].state != "running":
                 continue
-            if tid in self._paused:
+            if self._is_paused(tid):
                 rec = _Table(schema, request).record(
                     "failed",
                     "the table is paused by a schema change: stop the daemon, then run snapshot --table",

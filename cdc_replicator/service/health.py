@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from cdc_replicator.model import Lsn, TableId
+from cdc_replicator.model import Lsn, TableId, WatermarkPosition
 
 __all__ = ["HealthState", "Phase", "TableState"]
 
@@ -50,7 +50,7 @@ _NOT_READY_TABLE = frozenset({TableState.PAUSED, TableState.FAILED})
 class _Table:
     state: TableState = TableState.PENDING
     reason: str | None = None
-    committed_lsn: Lsn | None = None
+    committed: Lsn | WatermarkPosition | None = None  # a logical table's LSN, a polled table's watermark
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +111,9 @@ class HealthState:
             t = self._tables.setdefault(table, _Table())
             t.state, t.reason = state, reason
 
-    def set_committed(self, table: TableId, lsn: Lsn) -> None:
+    def set_committed(self, table: TableId, position: Lsn | WatermarkPosition) -> None:
         with self._lock:
-            self._tables.setdefault(table, _Table()).committed_lsn = lsn
+            self._tables.setdefault(table, _Table()).committed = position
 
     def txn_received(self, commit_time: datetime, commit_lsn: Lsn = Lsn.ZERO) -> None:
         """A transaction arrived from the source (its Begin); it is pending until a batch applies it.
@@ -161,9 +161,9 @@ class HealthState:
             return 0.0
         return max(0.0, (datetime.now(UTC) - since).total_seconds())
 
-    def table_states(self) -> dict[TableId, tuple[TableState, str | None, Lsn | None]]:
+    def table_states(self) -> dict[TableId, tuple[TableState, str | None, Lsn | WatermarkPosition | None]]:
         with self._lock:
-            return {t: (v.state, v.reason, v.committed_lsn) for t, v in self._tables.items()}
+            return {t: (v.state, v.reason, v.committed) for t, v in self._tables.items()}
 
     def liveness(self) -> dict[str, Any]:
         return {
@@ -193,8 +193,10 @@ class HealthState:
                 entry: dict[str, Any] = {"ready": ok, "state": t.state.value}
                 if t.reason:
                     entry["reason"] = t.reason
-                if t.committed_lsn is not None:
-                    entry["committed_lsn"] = str(t.committed_lsn)
+                if isinstance(t.committed, Lsn):
+                    entry["committed_lsn"] = str(t.committed)
+                elif isinstance(t.committed, WatermarkPosition):
+                    entry["committed_seq"] = t.committed.seq
                 tables[str(tid)] = entry
             bad = [name for name, e in tables.items() if e["state"] in _NOT_READY_TABLE]
             if bad:

@@ -24,7 +24,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cdc_replicator import __version__
-from cdc_replicator.model import TableId
+from cdc_replicator.model import Lsn, TableId
 from cdc_replicator.service.health import HealthState, Phase, TableState
 
 __all__ = ["CONTENT_TYPE_LATEST", "WAL_STATUSES", "Metrics"]
@@ -199,10 +199,11 @@ class Metrics:
         """The exposition text (the phase and table states are refreshed from the health first)."""
         self._phase.state(self._health.phase.value)
         paused = 0
-        for table, (state, _reason, lsn) in self._health.table_states().items():
+        for table, (state, _reason, committed) in self._health.table_states().items():
             self.table_state.labels(table=str(table)).state(state.value)
-            if lsn is not None:
-                self.committed_lsn.labels(table=str(table)).set(lsn.value)
+            if committed is not None:  # an LSN, or a polled table's commit sequence number
+                value = committed.value if isinstance(committed, Lsn) else committed.seq
+                self.committed_lsn.labels(table=str(table)).set(value)
             paused += state is TableState.PAUSED
         self.paused_tables.set(paused)
         return generate_latest(self.registry)

@@ -1,10 +1,7 @@
 """Delta I/O: create tables, apply a patch as one MERGE, with the source position in the same commit.
 
-Positions are Delta transaction identifiers (``txn`` actions) of three app ids per table:
-``cdc-replicator/<slot>/<table>`` holds the end LSN of the last fully applied source transaction,
-``…#partial-lsn`` / ``…#partial-seq`` the head of a large transaction applied so far (0 = none).
-They are written by the same commit as the data, so data and position never disagree.
-Version 0 of the main app id means "no position" (a load in progress).
+``DeltaSink`` is the ``LoadSink`` and ``OffsetStore`` of ``sink``: positions are written and read
+by ``sink.offsets`` in the same commit as the data, so data and position never disagree.
 """
 
 from __future__ import annotations
@@ -13,13 +10,11 @@ import logging
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, Field, QueryBuilder, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Field, QueryBuilder, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from cdc_replicator.errors import SinkError
@@ -27,14 +22,17 @@ from cdc_replicator.model import (
     KeyRange,
     Lsn,
     Op,
-    PartialTxn,
+    Position,
     TableId,
     TablePatch,
     TablePosition,
     TableSchema,
+    WatermarkPosition,
 )
+from cdc_replicator.sink import ApplyResult, ChunkWritten
+from cdc_replicator.sink.merge import merge, rows_at
+from cdc_replicator.sink.offsets import app_id, commit_properties, read_position, read_watermark
 from cdc_replicator.sink.plan import (
-    MergePlan,
     moved_keys,
     plan_merge,
     quote,
@@ -44,30 +42,11 @@ from cdc_replicator.sink.plan import (
 )
 from cdc_replicator.typemap import arrow_type
 
-__all__ = ["ApplyResult", "ChunkWritten", "DeltaSink"]
+__all__ = ["DeltaSink"]
 
 logger = logging.getLogger(__name__)
 
 _TS_UTC = pa.timestamp("us", tz="UTC")
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    table: TableId
-    version: int
-    inserted: int
-    updated: int
-    deleted: int
-    truncated: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkWritten:
-    """One chunk in Delta: rows, Parquet files added, and the Arrow (uncompressed) bytes written."""
-
-    rows: int
-    files: int
-    bytes: int
 
 
 class DeltaSink:
@@ -101,22 +80,10 @@ class DeltaSink:
         return f"{self._root.rstrip('/')}{sep}{table.schema}{sep}{table.name}"
 
     def app_id(self, table: TableId) -> str:
-        return f"cdc-replicator/{self._slot}/{table}"
+        return app_id(self._slot, table)
 
-    def _txns(self, table: TableId, pos: TablePosition) -> list[Transaction]:
-        app = self.app_id(table)
-        p = pos.partial
-        return [
-            Transaction(app, pos.lsn.value),
-            Transaction(f"{app}#partial-lsn", p.commit_lsn.value if p else 0),
-            Transaction(f"{app}#partial-seq", p.seq if p else 0),
-        ]
-
-    def _props(self, table: TableId, pos: TablePosition, extra: Mapping[str, str]) -> CommitProperties:
-        meta = {"cdc.lsn": str(pos.lsn), **extra}
-        if pos.partial:
-            meta["cdc.partial"] = f"{pos.partial.commit_lsn}:{pos.partial.seq}"
-        return CommitProperties(app_transactions=self._txns(table, pos), custom_metadata=meta)
+    def _props(self, table: TableId, pos: Position, extra: Mapping[str, str]) -> CommitProperties:
+        return commit_properties(self.app_id(table), pos, extra)
 
     def _open(self, table: TableId) -> DeltaTable | None:
         dt = self._tables.get(table)
@@ -139,16 +106,12 @@ class DeltaSink:
     def position(self, table: TableId) -> TablePosition | None:
         """What the table durably holds, read from its Delta log; None if it has no position."""
         dt = self._open(table)
-        if dt is None:
-            return None
-        app = self.app_id(table)
-        lsn = dt.transaction_version(app)
-        if not lsn:
-            return None
-        plsn = dt.transaction_version(f"{app}#partial-lsn") or 0
-        pseq = dt.transaction_version(f"{app}#partial-seq") or 0
-        partial = PartialTxn(Lsn(plsn), pseq) if plsn else None
-        return TablePosition(Lsn(lsn), partial)
+        return None if dt is None else read_position(dt, self.app_id(table))
+
+    def watermark(self, table: TableId) -> WatermarkPosition | None:
+        """A polled table's watermark, from its newest commit that carries one."""
+        dt = self._open(table)
+        return None if dt is None else read_watermark(dt, self.app_id(table))
 
     def exists(self, table: TableId) -> bool:
         return self._open(table) is not None
@@ -158,7 +121,7 @@ class DeltaSink:
     # ---- chunked loads (cdc-replicator snapshot) --------------------------------------------
 
     def begin_load(
-        self, schema: TableSchema, *, fresh: bool, metadata: Mapping[str, str] | None = None
+        self, schema: TableSchema, *, fresh: bool, watermark: WatermarkPosition | None = None
     ) -> None:
         """Clear the table's position so a half-loaded table is never taken for a loaded one.
 
@@ -169,7 +132,9 @@ class DeltaSink:
         tschema = target_schema(schema, soft_delete=table in self._soft)
         dt = self._open(table)
         same = dt is not None and [f.name for f in dt.schema().fields] == tschema.names
-        props = self._props(table, TablePosition(Lsn.ZERO), {"cdc.op": "load-begin", **(metadata or {})})
+        # no position (version 0) until the load ends; a polled table records where it starts reading
+        empty: Position = watermark if watermark is not None else TablePosition(Lsn.ZERO)
+        props = self._props(table, empty, {"cdc.op": "load-begin"})
         try:
             if fresh or not same:
                 self._write(table, tschema.empty_table(), props, mode="overwrite", new_schema=True)
@@ -185,17 +150,18 @@ class DeltaSink:
         batches: Iterable[pa.RecordBatch],
         key_range: KeyRange,
         *,
-        snapshot_lsn: Lsn,
+        row_lsn: int,
         loaded_at: datetime,
         append: bool = False,
         native: bool = False,
-        position: TablePosition | None = None,
+        position: Position | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ChunkWritten:
         """Write one chunk as a single commit that replaces its key range: a redo is a no-op.
 
         Streams: the batches go to the Parquet writer as they arrive (memory ≈ a few batches).
         ``native``: the batches come from a binary read (typed columns kept, text ones cast).
+        ``row_lsn``: every row's ``_cdc_lsn`` (a load's snapshot LSN; a polled table's commit sequence number).
         ``append``: the chunk's rows cannot be in the table yet (a new load emptied it): a plain
         append, which never conflicts with the other chunks' commits.
         """
@@ -205,7 +171,7 @@ class DeltaSink:
         counted = [0, 0]  # rows, Arrow bytes (uncompressed data written)
 
         constants = [
-            pa.scalar(snapshot_lsn.value, pa.int64()),
+            pa.scalar(row_lsn, pa.int64()),
             pa.scalar(Op.SNAPSHOT.value, pa.string()),
             pa.scalar(loaded_at, _TS_UTC),
         ]
@@ -334,7 +300,7 @@ class DeltaSink:
     def apply(
         self,
         patch: TablePatch,
-        position: TablePosition,
+        position: Position,
         *,
         batch_id: int = 0,
         metadata: Mapping[str, str] | None = None,
@@ -347,14 +313,18 @@ class DeltaSink:
                 f"the Delta table of {table} does not exist at {self.uri(table)}",
                 hint="it is created by the initial load; re-sync with: cdc-replicator --config FILE snapshot",
             )
-        held = self.position(table)
-        if held is not None and held.covers(position):
-            return None
-        if held is not None and held.lsn > position.lsn:
-            position = TablePosition(held.lsn, position.partial)  # never move a position backwards
+        if isinstance(position, WatermarkPosition):
+            if (dt.transaction_version(self.app_id(table)) or 0) >= position.seq:
+                return None
+        else:
+            held = self.position(table)
+            if held is not None and held.covers(position):
+                return None
+            if held is not None and held.lsn > position.lsn:
+                position = TablePosition(held.lsn, position.partial)  # never move a position backwards
         soft = table in self._soft
         old_keys = moved_keys(patch)
-        moved_rows = None if old_keys is None or patch.truncate else self._rows_at(dt, patch.schema, old_keys)
+        moved_rows = None if old_keys is None or patch.truncate else rows_at(dt, patch.schema, old_keys)
         plan = plan_merge(patch, soft_delete=soft, moved_rows=moved_rows, target=self._arrow_schema(dt))
         _report(table, plan.notes)
         props = self._props(table, position, {"cdc.batch": str(batch_id), **(metadata or {})})
@@ -365,7 +335,7 @@ class DeltaSink:
                 self._tables.pop(table, None)
                 n = plan.upsert_rows.num_rows
                 return ApplyResult(table, before + 1, n, 0, 0, True)
-            metrics = self._merge(dt, plan, props, patch)
+            metrics = merge(dt, plan, props, patch)
             dt.update_incremental()
             if dt.version() == before:
                 # delta-rs does not commit a merge that changes no file; record the position anyway
@@ -374,7 +344,7 @@ class DeltaSink:
         except (DeltaError, OSError) as exc:
             self._tables.pop(table, None)
             raise SinkError(
-                f"merge into {table} up to {position.lsn} failed: {exc}",
+                f"merge into {table} up to {_describe(position)} failed: {exc}",
                 hint="the daemon retries; if another process writes this table, stop it",
                 retryable=True,
             ) from exc
@@ -386,61 +356,6 @@ class DeltaSink:
             int(metrics.get("num_target_rows_deleted", 0)),
             patch.truncate,
         )
-
-    @staticmethod
-    def _merge(dt: DeltaTable, plan: MergePlan, props: CommitProperties, patch: TablePatch) -> dict[str, Any]:
-        """One sequenced MERGE. A TRUNCATE on a soft-delete table marks every other row deleted."""
-        predicate = plan.predicate
-        if patch.truncate or patch.cleanup_below:  # every row is concerned: no key range
-            predicate = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in patch.schema.key)
-        merger = dt.merge(
-            plan.source, predicate=predicate, source_alias="s", target_alias="t", commit_properties=props
-        )
-        if plan.delete_predicate is not None:
-            merger = merger.when_matched_delete(plan.delete_predicate)
-        else:
-            soft_updates = plan.soft_delete_updates or {}
-            merger = merger.when_matched_update(soft_updates, "s._cdc_op = 'd' AND s._cdc_lsn >= t._cdc_lsn")
-        merger = merger.when_matched_update(plan.updates, plan.update_predicate).when_not_matched_insert(
-            plan.inserts, plan.insert_predicate
-        )
-        if patch.truncate:
-            at = (patch.truncate_time or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            merger = merger.when_not_matched_by_source_update(
-                {
-                    "_cdc_deleted": "true",
-                    "_cdc_op": "'d'",
-                    "_cdc_lsn": str(int(patch.truncate_lsn)),
-                    "_cdc_committed_at": f"arrow_cast('{at}', 'Timestamp(Microsecond, Some(\"UTC\"))')",
-                },
-                "t._cdc_deleted IS DISTINCT FROM true",
-            )
-        if patch.cleanup_below and not patch.truncate:
-            # the end of a live re-sync: every row still present at the source was rewritten (or
-            # changed by the stream) since the first low watermark; an older row is gone at the source
-            stale = f"t._cdc_lsn < {int(patch.cleanup_below)}"
-            if plan.delete_predicate is not None:
-                merger = merger.when_not_matched_by_source_delete(stale)
-            else:
-                merger = merger.when_not_matched_by_source_update(
-                    {"_cdc_deleted": "true", "_cdc_op": "'d'"},
-                    f"{stale} AND t._cdc_deleted IS DISTINCT FROM true",
-                )
-        return dict(merger.execute())
-
-    @staticmethod
-    def _rows_at(dt: DeltaTable, schema: TableSchema, keys: pa.Table) -> pa.Table:
-        """The table's current rows at ``keys`` (filtered on the first key column, then exactly)."""
-        first = schema.key[0]
-        ds = dt.to_pyarrow_dataset()
-        found = ds.to_table(filter=pc.field(first).isin(keys.column(first)))
-        if len(schema.key) > 1:
-            wanted = {tuple(r.values()) for r in keys.to_pylist()}
-            mask = [
-                tuple(r[k] for k in schema.key) in wanted for r in found.select(list(schema.key)).to_pylist()
-            ]
-            found = found.filter(pa.array(mask, pa.bool_()))
-        return found
 
     @staticmethod
     def _arrow_schema(dt: DeltaTable) -> pa.Schema:
@@ -519,17 +434,6 @@ class DeltaSink:
         reader = QueryBuilder().register("t", dt).execute(f"select {cols} from t where {where}")  # noqa: S608
         return pa.table(reader.read_all())
 
-    def latest_metadata(self, table: TableId, key: str, *, depth: int = 200) -> str | None:
-        """``key``'s value in the newest of the last ``depth`` commits that carry it (None: none does)."""
-        dt = self._open(table)
-        if dt is None:
-            return None
-        for entry in dt.history(depth):
-            value = entry.get(key)
-            if isinstance(value, str):
-                return value
-        return None
-
     def last_commit(self, table: TableId) -> tuple[int, datetime | None] | None:
         """The table's current version and when it was committed (None: no table)."""
         dt = self._open(table)
@@ -554,3 +458,7 @@ def _report(table: TableId, notes: Sequence[str]) -> None:
     for note in notes:
         column, _, what = note.partition(": ")
         logger.warning("%s, as the type map says table=%s column=%s", what, table, column)
+
+
+def _describe(position: Position) -> str:
+    return f"watermark #{position.seq}" if isinstance(position, WatermarkPosition) else str(position.lsn)

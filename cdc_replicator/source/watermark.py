@@ -1,6 +1,6 @@
 """Watermark polling of a (read replica) database: high-watermark page queries, built with SQLAlchemy Core.
 
-A table's progress is a ``WatermarkState``: ``read`` is the last (cursor..., key...) read; every
+A table's progress is a ``WatermarkPosition`` (model): ``read`` is the last (cursor..., key...) read; every
 row at or below it has been applied. A row can still appear *below* ``read`` later: its
 transaction was in progress when the poll ran (or took its cursor value, e.g. ``now()``, before the
 poll and wrote after it). So each poll also remembers its snapshot (``pg_current_snapshot()``, which
@@ -16,12 +16,9 @@ late-row check and every page agree. Nothing is ever written to the database.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -32,144 +29,28 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import UserDefinedType
 
 from cdc_replicator.errors import MissingKey, SourceError
-from cdc_replicator.model import Lsn, Op, TableId, TableSchema
+from cdc_replicator.model import (
+    Lsn,
+    Page,
+    Poll,
+    TableId,
+    TableSchema,
+    WatermarkPosition,
+    WatermarkTable,
+    XidSnapshot,
+)
 from cdc_replicator.source.checks import read_schema
 from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
 from cdc_replicator.source.snapshot import TEXT_CAST_IS_OUTPUT
 
-__all__ = [
-    "MAX_PENDING",
-    "RECONCILE_DELETE_KEY_OIDS",
-    "Page",
-    "Pending",
-    "PollResult",
-    "Snapshot",
-    "WatermarkSource",
-    "WatermarkState",
-    "WatermarkTable",
-    "add_pending",
-    "may_be_late",
-    "page_patch",
-    "settle",
-]
+__all__ = ["RECONCILE_DELETE_KEY_OIDS", "WatermarkSource"]
 
 logger = logging.getLogger(__name__)
 
-_TS_UTC = pa.timestamp("us", tz="UTC")
 _XID_MOD = 1 << 32
 _TEXT_OIDS = frozenset({25, 1043, 1042, 19})  # text, varchar, char, name
 # key types whose text form is also what the Delta-side comparison reads: deletes are safe for them
 RECONCILE_DELETE_KEY_OIDS = frozenset({20, 21, 23, *_TEXT_OIDS})
-
-
-# ---- state ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """``pg_current_snapshot()``: xids below ``xmin`` are finished, ``xip`` were in progress."""
-
-    xmin: int
-    xmax: int
-    xip: tuple[int, ...]
-
-    @classmethod
-    def parse(cls, text: str) -> Snapshot:
-        xmin, xmax, xip = text.split(":")
-        return cls(int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
-
-    def finished(self, xid: int) -> bool:
-        """True when transaction ``xid`` (older than this snapshot's xmax) is no longer running."""
-        return xid < self.xmin or (xid < self.xmax and xid not in self.xip)
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A poll's range that late rows may still land in: (``after``, ``upto``] of (cursor..., key...)."""
-
-    after: tuple[str, ...] | None  # None: from the start of the table
-    upto: tuple[str, ...]
-    snapshot: Snapshot
-    at: float  # wall-clock seconds of the poll
-
-    def to_json(self) -> dict[str, Any]:
-        s = self.snapshot
-        return {
-            "after": self.after,
-            "upto": self.upto,
-            "xmin": s.xmin,
-            "xmax": s.xmax,
-            "xip": s.xip,
-            "at": self.at,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Pending:
-        after = d.get("after")
-        return cls(
-            tuple(after) if after is not None else None,
-            tuple(d["upto"]),
-            Snapshot(int(d["xmin"]), int(d["xmax"]), tuple(int(x) for x in d["xip"])),
-            float(d["at"]),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class WatermarkState:
-    """What a table holds: rows up to ``read`` are applied; ``pending`` ranges are still watched."""
-
-    read: tuple[str, ...] | None = None
-    pending: tuple[Pending, ...] = ()
-    seq: int = 0  # the position of the last commit (strictly increasing)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {"read": self.read, "pending": [p.to_json() for p in self.pending], "seq": self.seq},
-            separators=(",", ":"),
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> WatermarkState:
-        d = json.loads(text)
-        read = d.get("read")
-        return cls(
-            tuple(read) if read is not None else None,
-            tuple(Pending.from_json(p) for p in d.get("pending", [])),
-            int(d.get("seq", 0)),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class WatermarkTable:
-    """One polled table: its schema (key from the catalog), cursor columns and options."""
-
-    schema: TableSchema
-    cursor: tuple[str, ...]
-    delete_column: str = ""
-    page_size: int = 10_000
-    soft_delete: bool = False
-
-    @property
-    def order(self) -> tuple[str, ...]:
-        """Cursor columns, then the key columns not already among them."""
-        return self.cursor + tuple(k for k in self.schema.key if k not in self.cursor)
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """Rows read from one table as PostgreSQL text (``binary`` columns) plus ``_cdc_*`` columns."""
-
-    rows: pa.Table
-    last: tuple[str, ...] | None  # (cursor..., key...) of the last row of a forward page
-    late: bool  # rows found behind the watermark
-
-
-@dataclass(slots=True)
-class PollResult:
-    snapshot: Snapshot
-    lsn: Lsn  # the database's WAL position the snapshot reflects (replay position on a replica)
-    replica_lag_seconds: float | None
-    pages: list[Page] = field(default_factory=list)
 
 
 # ---- the source ----------------------------------------------------------------------------------
@@ -267,14 +148,12 @@ class WatermarkSource:
 
     # -- polling --------------------------------------------------------------------------------
 
-    def poll(
-        self, t: WatermarkTable, state: WatermarkState, *, lookback: float
-    ) -> Iterator[PollResult | Page]:
-        """One poll of ``t`` in one snapshot: first the ``PollResult`` header, then its pages.
+    @contextmanager
+    def poll(self, t: WatermarkTable, position: WatermarkPosition) -> Iterator[Poll]:
+        """One poll of ``t`` in one snapshot; its pages are read while the ``with`` block runs.
 
         Late rows (pending ranges, filtered to the writers that may be late) come first, then the
-        rows after ``state.read`` in (cursor, key) order, ``t.page_size`` at a time. The caller
-        consumes the pages while the transaction stays open.
+        rows after ``position.read`` in (cursor, key) order, ``t.page_size`` at a time.
         """
         try:
             with self._connect() as conn:
@@ -299,25 +178,30 @@ class WatermarkSource:
                         ),
                     )
                 ).one()
-                snap = Snapshot.parse(str(row[0]))
-                header = PollResult(snap, Lsn.parse(str(row[1])), None if row[2] is None else float(row[2]))
-                yield header
-                for p in state.pending:
-                    yield from self._pages(conn, t, p.after, p.upto, p.snapshot.xmin)
-                after = state.read
-                while True:
-                    forward = next(iter(self._pages(conn, t, after, None, None, limit=t.page_size)), None)
-                    if forward is None:
-                        break
-                    yield forward
-                    if forward.rows.num_rows < t.page_size:
-                        break
-                    after = forward.last
+                yield Poll(
+                    XidSnapshot.parse(str(row[0])),
+                    Lsn.parse(str(row[1])),
+                    None if row[2] is None else float(row[2]),
+                    self._poll_pages(conn, t, position),
+                )
                 conn.rollback()
         except DBAPIError as exc:
             raise classify_error(str(exc.orig or exc), context=f"polling {t.schema.table} failed") from exc
         except SQLAlchemyError as exc:
             raise SourceError(f"polling {t.schema.table} failed: {exc}", retryable=True) from exc
+
+    def _poll_pages(self, conn: Connection, t: WatermarkTable, position: WatermarkPosition) -> Iterator[Page]:
+        for p in position.pending:
+            yield from self._pages(conn, t, p.after, p.upto, p.snapshot.xmin)
+        after = position.read
+        while True:
+            forward = next(iter(self._pages(conn, t, after, None, None, limit=t.page_size)), None)
+            if forward is None:
+                return
+            yield forward
+            if forward.rows.num_rows < t.page_size:
+                return
+            after = forward.last
 
     def key_page(self, t: WatermarkTable, lo: tuple[str, ...] | None, limit: int) -> list[tuple[str, ...]]:
         """Up to ``limit`` primary keys (text forms) at or after ``lo``, in key order (reconciliation)."""
@@ -456,70 +340,3 @@ def _text_of(col: sa.ColumnClause[Any], type_oid: int) -> sa.ColumnElement[Any]:
     if type_oid in TEXT_CAST_IS_OUTPUT:
         return sa.cast(col, sa.Text)
     return sa.case((col.is_(None), None), else_=sa.func.format("%s", col))
-
-
-def settle(state: WatermarkState, snap: Snapshot, *, now: float, lookback: float) -> tuple[Pending, ...]:
-    """The pending ranges still to watch. A range is settled once every transaction that may have
-    been running at its poll — every xid below its snapshot's xmax — has finished (the current
-    snapshot's xmin has passed it) and ``lookback`` seconds have passed since it.
-
-    The snapshot's xip list is not used: on a hot standby PostgreSQL reports running transactions
-    only as subtransactions, so xip is empty there, and a row written in a subtransaction carries
-    an xid that xip never lists. ``[xmin, xmax)`` covers both."""
-    return tuple(p for p in state.pending if not (snap.xmin >= p.snapshot.xmax and now - p.at >= lookback))
-
-
-def may_be_late(snap: Snapshot) -> bool:
-    """Whether a range read in this snapshot can still receive rows: a transaction may be running."""
-    return snap.xmin < snap.xmax
-
-
-MAX_PENDING = 8  # pending ranges kept apart; older ones are merged (each is re-read every poll)
-
-
-def add_pending(
-    pending: tuple[Pending, ...], new: Pending, *, limit: int = MAX_PENDING
-) -> tuple[Pending, ...]:
-    """``pending`` plus ``new``; past ``limit`` entries the two oldest merge into one.
-
-    Ranges are consecutive, so a merge covers both; it waits until the later xmax is passed,
-    re-reads writers from the older xmin on and counts time from the older poll: it settles no
-    earlier and watches no fewer rows than either part would, so merging never loses a late row. Without it, a
-    transaction left open for hours would add a range per poll, each re-read every poll and all
-    stored in every commit.
-    """
-    out = [*pending, new]
-    while len(out) > limit:
-        a, b = out[0], out[1]
-        snap = Snapshot(
-            min(a.snapshot.xmin, b.snapshot.xmin),
-            max(a.snapshot.xmax, b.snapshot.xmax),
-            tuple(sorted(set(a.snapshot.xip) | set(b.snapshot.xip))),
-        )
-        out[:2] = [Pending(a.after, b.upto, snap, min(a.at, b.at))]
-    return tuple(out)
-
-
-def page_patch(page: Page, t: WatermarkTable, *, seq: int, read_at: datetime) -> tuple[pa.Table, int]:
-    """The page as a TablePatch's rows (source text columns + ``_cdc_*``) and its number of deletes."""
-    n = page.rows.num_rows
-    ops = pa.repeat(pa.scalar(Op.UPDATE.value, pa.string()), n)
-    deletes = 0
-    if t.delete_column:
-        import pyarrow.compute as pc
-
-        deleted = pc.is_valid(page.rows.column(t.delete_column))
-        deletes = int(pc.sum(deleted).as_py() or 0)
-        ops = pc.if_else(deleted, Op.DELETE.value, ops)
-    rows = page.rows.append_column("_cdc_lsn", pa.repeat(pa.scalar(seq, pa.int64()), n))
-    rows = rows.append_column("_cdc_op", ops)
-    rows = rows.append_column("_cdc_committed_at", pa.repeat(pa.scalar(read_at, _TS_UTC), n))
-    return rows, deletes
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-def wall() -> float:
-    return time.time()

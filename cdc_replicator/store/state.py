@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_replicator.errors import ConfigError, ReplicatorError
-from cdc_replicator.model import KeyRange, Lsn, TableId
+from cdc_replicator.model import KeyRange, Lsn, Position, TableId, TablePosition, WatermarkPosition
 
 __all__ = ["LoadRecord", "ResyncRecord", "SlotRecord", "StateStore", "TableStatusRecord", "migrations_dir"]
 
@@ -49,7 +49,7 @@ class SlotRecord:
 class TableStatusRecord:
     table: str
     state: str  # the daemon's last state of the table: snapshotting / streaming / paused / failed
-    position: str | None
+    position: Position | None  # a copy: the table's own commits are the authority
     rows_loaded: int | None
     last_error: str | None
     updated_at: str
@@ -349,25 +349,38 @@ class StateStore:
         table: TableId,
         state: str,
         *,
-        position: str | None = None,
+        position: Position | None = None,
         rows_loaded: int | None = None,
         error: str | None = None,
     ) -> None:
+        """Record a table's state; ``position`` None keeps the position recorded before."""
+        kind, text_ = _encode_position(position)
         with self._engine.begin() as conn:
+            if position is None:
+                kept = conn.execute(
+                    text(
+                        "select position_kind, position from cdc_table_status "
+                        "where slot = :s and table_name = :n"
+                    ),
+                    {"s": slot, "n": str(table)},
+                ).fetchone()
+                if kept is not None:
+                    kind, text_ = kept[0], kept[1]
             conn.execute(
                 text("delete from cdc_table_status where slot = :s and table_name = :n"),
                 {"s": slot, "n": str(table)},
             )
             conn.execute(
                 text(
-                    "insert into cdc_table_status (slot, table_name, state, position, rows_loaded, last_error, "
-                    "updated_at) values (:s, :n, :st, :p, :r, :e, :t)"
+                    "insert into cdc_table_status (slot, table_name, state, position_kind, position, "
+                    "rows_loaded, last_error, updated_at) values (:s, :n, :st, :k, :p, :r, :e, :t)"
                 ),
                 {
                     "s": slot,
                     "n": str(table),
                     "st": state,
-                    "p": position,
+                    "k": kind,
+                    "p": text_,
                     "r": rows_loaded,
                     "e": error,
                     "t": _now(),
@@ -443,17 +456,44 @@ class StateStore:
         with self._engine.connect() as conn:
             rows = conn.execute(
                 text(
-                    "select table_name, state, position, rows_loaded, last_error, updated_at "
+                    "select table_name, state, position_kind, position, rows_loaded, last_error, updated_at "
                     "from cdc_table_status where slot = :s"
                 ),
                 {"s": slot},
             ).fetchall()
         return {
             r[0]: TableStatusRecord(
-                table=r[0], state=r[1], position=r[2], rows_loaded=r[3], last_error=r[4], updated_at=r[5]
+                table=r[0],
+                state=r[1],
+                position=_decode_position(r[2], r[3]),
+                rows_loaded=r[4],
+                last_error=r[5],
+                updated_at=r[6],
             )
             for r in rows
         }
+
+
+def _encode_position(position: Position | None) -> tuple[str | None, str | None]:
+    """(kind, text) of a position as ``cdc_table_status`` stores it."""
+    if position is None:
+        return None, None
+    if isinstance(position, WatermarkPosition):
+        return "watermark", position.to_json()
+    return "lsn", str(position.lsn)
+
+
+def _decode_position(kind: str | None, value: str | None) -> Position | None:
+    if kind is None or value is None:
+        return None
+    if kind == "watermark":
+        return WatermarkPosition.from_json(value)
+    if kind == "lsn":
+        return TablePosition(Lsn.parse(value))
+    raise ReplicatorError(
+        f"the state store holds a table position of an unknown kind {kind!r}",
+        hint="it was written by a newer cdc-replicator: upgrade, or remove the state store's cdc_table_status rows",
+    )
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
