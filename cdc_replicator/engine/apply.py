@@ -20,7 +20,7 @@ from cdc_replicator.model import ChangeBatch, TableId, TablePatch
 from cdc_replicator.service import failpoints
 from cdc_replicator.sink import ApplyResult, Sink
 
-__all__ = ["Applier", "BatchApplied", "TableApplied"]
+__all__ = ["Applier", "ApplyFailed", "BatchApplied", "TableApplied"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,16 @@ class BatchApplied:
     batch: ChangeBatch
     tables: tuple[TableApplied, ...]
     seconds: float
+
+
+class ApplyFailed(Exception):
+    """A table of ``batch`` failed (``error``); ``committed`` lists the tables that did commit."""
+
+    def __init__(self, batch: ChangeBatch, committed: tuple[TableApplied, ...], error: BaseException) -> None:
+        super().__init__(f"applying batch {batch.batch_id} failed: {error}")
+        self.batch = batch
+        self.committed = committed
+        self.error = error
 
 
 class Applier:
@@ -74,13 +84,13 @@ class Applier:
         self._pending = self._batches.submit(self._apply, batch)
 
     def poll(self) -> BatchApplied | None:
-        """The finished batch's result, without waiting (None: none finished); raises its error."""
+        """The finished batch's result, without waiting (None: none finished); raises ``ApplyFailed``."""
         if self._pending is None or not self._pending.done():
             return None
         return self.wait()
 
     def wait(self) -> BatchApplied | None:
-        """Wait for the batch in flight; its result (None: nothing was in flight); raises its error."""
+        """Wait for the batch in flight; its result (None: nothing was in flight); raises ``ApplyFailed``."""
         if self._pending is None:
             return None
         pending, self._pending = self._pending, None
@@ -102,15 +112,19 @@ class Applier:
     def _apply(self, batch: ChangeBatch) -> BatchApplied:
         started = time.monotonic()
         patches = list(batch.tables.values())
-        if len(patches) > 1:
+        done: tuple[TableApplied, ...]
+        if len(patches) == 1:
+            try:
+                done = (self._apply_table(patches[0], batch),)
+            except Exception as exc:
+                raise ApplyFailed(batch, (), exc) from exc
+        else:
             futures = [self._tables.submit(self._apply_table, p, batch) for p in patches]
-            errors = [f.exception() for f in futures]
+            errors = [f.exception() for f in futures]  # waits for every table
+            done = tuple(f.result() for f, e in zip(futures, errors, strict=True) if e is None)
             first = next((e for e in errors if e is not None), None)
             if first is not None:
-                raise first
-            done = tuple(f.result() for f in futures)
-        else:
-            done = tuple(self._apply_table(p, batch) for p in patches)
+                raise ApplyFailed(batch, done, first) from first
         return BatchApplied(batch, done, time.monotonic() - started)
 
     def _apply_table(self, patch: TablePatch, batch: ChangeBatch) -> TableApplied:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from cdc_replicator.engine.apply import Applier, BatchApplied
+from cdc_replicator.engine.apply import Applier, ApplyFailed, BatchApplied
 from cdc_replicator.engine.batching import Batcher
 from cdc_replicator.engine.checkpoint import Checkpointer
 from cdc_replicator.engine.observe import Observer
@@ -163,13 +163,19 @@ class StreamLoop:
         self._wait()
 
     def _collect(self) -> None:
-        """Commit the batch in flight if it finished (raises its error)."""
-        done = self._applier.poll()
-        if done is not None:
-            self._commit(done)
+        """Commit the batch in flight if it finished."""
+        if self._applier.in_flight and not self._applier.busy:
+            self._wait()
 
     def _wait(self) -> None:
-        done = self._applier.wait()
+        """Wait for the batch in flight and commit it; a failed one is committed as far as it got, then raised."""
+        try:
+            done = self._applier.wait()
+        except ApplyFailed as failed:
+            for t in failed.committed:
+                self._ck.committed(failed.batch.batch_id, t.table, failed.batch.position)
+            self._confirm(self._ck.flushable())  # the checkpointer alone decides: nothing of this batch
+            raise failed.error  # noqa: B904 - the table's own error (and its cause) is the one to report
         if done is not None:
             self._commit(done)
 

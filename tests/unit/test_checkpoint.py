@@ -1,4 +1,4 @@
-"""Specification of plan_start: how the daemon starts, and when it refuses to guess.
+"""Specification of plan_start (how the daemon starts, and when it refuses to guess) and of the flush rule.
 
 Every refusal is a ReplicatorError with an exit code, a message naming the slot/tables/LSNs
 involved and a hint an operator can act on (usually the re-sync command).
@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import pyarrow as pa
 import pytest
 
-from cdc_replicator.engine.checkpoint import Recorded, SlotState, StartKind, StartPlan, plan_start
+from cdc_replicator.engine.checkpoint import (
+    Checkpointer,
+    Recorded,
+    SlotState,
+    StartKind,
+    StartPlan,
+    plan_start,
+)
 from cdc_replicator.errors import PositionMismatch, ReplicatorError, SlotInvalidated, SourceError
-from cdc_replicator.model import Lsn, PartialTxn, TableId, TablePosition
+from cdc_replicator.model import ChangeBatch, Lsn, PartialTxn, TableId, TablePatch, TablePosition, TableSchema
 
 SLOT = "cdc_orders"
 SYSTEM_ID = "7301234567890123456"
@@ -296,3 +304,70 @@ def test_every_position_error_is_a_source_error_that_the_daemon_does_not_retry()
     assert issubclass(PositionMismatch, SourceError) and issubclass(SlotInvalidated, SourceError)
     assert (PositionMismatch.exit_code, SlotInvalidated.exit_code) == (4, 4)
     assert not PositionMismatch.retryable and not SlotInvalidated.retryable
+
+
+# ---- the flush rule ----------------------------------------------------------------------------
+
+
+def batch(batch_id: int, end: str, *tables: TableId) -> ChangeBatch:
+    return ChangeBatch(
+        tables={t: TablePatch(TableSchema(t, ()), pa.table({})) for t in tables},
+        end=lsn(end),
+        batch_id=batch_id,
+    )
+
+
+def test_a_batch_may_be_confirmed_once_every_table_it_touched_has_committed() -> None:
+    ck = Checkpointer(lsn("0/100"))
+    ck.submitted(batch(1, "0/200", ORDERS, ITEMS))
+
+    ck.committed(1, ORDERS, TablePosition(lsn("0/200")))
+    assert ck.flushable() is None  # items still merging
+
+    ck.committed(1, ITEMS, TablePosition(lsn("0/200")))
+    assert ck.flushable() == lsn("0/200")
+
+
+def test_a_batch_confirms_only_after_every_earlier_batch_committed() -> None:
+    ck = Checkpointer(lsn("0/100"))
+    ck.submitted(batch(1, "0/200", ORDERS))
+    ck.submitted(batch(2, "0/300", ITEMS))
+
+    ck.committed(2, ITEMS, TablePosition(lsn("0/300")))
+    assert ck.flushable() is None
+
+    ck.committed(1, ORDERS, TablePosition(lsn("0/200")))
+    assert ck.flushable() == lsn("0/300")
+
+
+def test_a_table_the_batch_did_not_touch_never_holds_the_confirm_back() -> None:
+    ck = Checkpointer(lsn("0/100"))
+    ck.submitted(batch(1, "0/200", ORDERS))  # items has nothing pending
+    ck.committed(1, ORDERS, TablePosition(lsn("0/200")))
+
+    assert ck.flushable() == lsn("0/200")
+
+
+def test_a_pause_caps_what_may_be_confirmed_and_idle_confirms_too() -> None:
+    ck = Checkpointer(lsn("0/100"))
+    ck.pause(ITEMS, lsn("0/180"), "schema change")
+    ck.submitted(batch(1, "0/200", ORDERS))
+    ck.committed(1, ORDERS, TablePosition(lsn("0/200")))
+
+    assert ck.flushable() == lsn("0/180")
+    ck.confirmed(lsn("0/180"))
+    assert ck.idle(lsn("0/900")) is None  # the cap holds for an idle stream as well
+    assert ck.is_paused(ITEMS) and ck.pauses[ITEMS].reason == "schema change"
+
+
+def test_an_idle_confirm_waits_for_the_batch_in_flight_and_nothing_moves_back() -> None:
+    ck = Checkpointer(lsn("0/500"))
+    ck.submitted(batch(1, "0/600", ORDERS))
+    assert ck.idle(lsn("0/700")) is None
+
+    ck.committed(1, ORDERS, TablePosition(lsn("0/600")))
+    assert ck.flushable() == lsn("0/600")
+    ck.confirmed(lsn("0/600"))
+    assert ck.idle(lsn("0/700")) == lsn("0/700")
+    ck.confirmed(lsn("0/700"))
+    assert ck.idle(lsn("0/650")) is None  # never backwards
