@@ -79,7 +79,7 @@ class Section:
     def keys(self) -> tuple[KeySpec, ...]:
         return keys_of(self.cls)
 
-    def key(self, name: str) -> KeySpec | None:
+    def find(self, name: str) -> KeySpec | None:
         return next((k for k in self.keys if k.name == name), None)
 
 

@@ -217,7 +217,7 @@ class _Document:
         if not isinstance(body, dict):
             raise ConfigError(f"config: {name} must be a table ([{name}]), got {_describe(body)}")
         for key, value in body.items():
-            spec = section.key(key)
+            spec = section.find(key)
             if spec is None:
                 keys = [k.name for k in section.keys]
                 raise ConfigError(
