@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -219,24 +217,6 @@ def test_the_example_config_loads_without_error() -> None:
     assert cfg.source.dsn == "postgresql://replicator@127.0.0.1:5432/app"
     assert cfg.target.uri == "./lake"
     assert cfg.table_ids[0] == TableId("public", "orders")
-
-
-def test_the_example_config_names_the_env_variable_of_every_key() -> None:
-    text = EXAMPLE.read_text(encoding="utf-8")
-    sections: list[tuple[str, Any]] = [
-        ("source", SourceConfig),
-        ("target", TargetConfig),
-        ("batch", BatchConfig),
-        ("state", StateConfig),
-        ("server", ServerConfig),
-        ("log", LogConfig),
-    ]
-    for section, cls in sections:
-        for key in (f.name for f in dataclasses.fields(cls)):
-            suffix = "__<NAME>" if key == "storage_options" else ""
-            assert f"CDC_REPLICATOR_{section.upper()}__{key.upper()}{suffix}" in text
-    assert "CDC_REPLICATOR_TABLES__0__NAME" in text
-    assert "CDC_REPLICATOR_TABLES__0__SOFT_DELETE" in text
 
 
 # ---- environment overrides ---------------------------------------------------------------------

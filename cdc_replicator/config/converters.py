@@ -1,0 +1,180 @@
+"""Converters of raw config values: (value, came from the environment?) → typed value, or ``Invalid``.
+
+A file value arrives as TOML typed it; an environment value is always a string, which the numeric,
+boolean and list converters parse first. ``Invalid.expected`` completes the sentence "must be …".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from typing import Final, TypeVar, get_args
+
+from cdc_replicator.model import TableId
+
+_T = TypeVar("_T")
+Converter = Callable[[object, bool], _T]
+"""``convert(value, from_env)``: the typed value, or raises ``Invalid``."""
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+class Invalid(Exception):
+    """Raised by a converter: the value is not ``expected`` (e.g. "a positive integer")."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+def nonempty_str(value: object, from_env: bool) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid("a non-empty string")
+    return value
+
+
+def any_str(value: object, from_env: bool) -> str:
+    if not isinstance(value, str):
+        raise Invalid("a string")
+    return value
+
+
+_SLOT_RE: Final = re.compile(r"[a-z0-9_]{1,63}")
+
+
+def slot_name(value: object, from_env: bool) -> str:
+    if not isinstance(value, str) or not _SLOT_RE.fullmatch(value):
+        raise Invalid("a replication slot name (1 to 63 lower-case letters, digits and underscores)")
+    return value
+
+
+def pg_name(value: object, from_env: bool) -> str:
+    # Longer names would be truncated by PostgreSQL (NAMEDATALEN), so "create if missing" would not find them.
+    if not isinstance(value, str) or not value or len(value.encode()) > 63:
+        raise Invalid("a PostgreSQL name of 1 to 63 bytes")
+    return value
+
+
+def positive_int(value: object, from_env: bool) -> int:
+    expected = "a positive integer"
+    if from_env and isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise Invalid(expected) from None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise Invalid(expected)
+    return value
+
+
+def nonnegative_int(value: object, from_env: bool) -> int:
+    if value == 0 or value == "0":
+        return 0
+    return positive_int(value, from_env)
+
+
+def _float(value: object, from_env: bool, expected: str) -> float:
+    if from_env and isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise Invalid(expected) from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise Invalid(expected)
+    return float(value)
+
+
+def positive_float(value: object, from_env: bool) -> float:
+    expected = "a positive number"
+    result = _float(value, from_env, expected)
+    if result <= 0:
+        raise Invalid(expected)
+    return result
+
+
+def nonnegative_float(value: object, from_env: bool) -> float:
+    expected = "a number >= 0"
+    result = _float(value, from_env, expected)
+    if result < 0:
+        raise Invalid(expected)
+    return result
+
+
+_ENV_BOOLS: Final = {"true": True, "false": False, "1": True, "0": False}
+
+
+def boolean(value: object, from_env: bool) -> bool:
+    if from_env and isinstance(value, str):
+        if value.strip().lower() in _ENV_BOOLS:
+            return _ENV_BOOLS[value.strip().lower()]
+        raise Invalid("true or false (or 1 or 0)")
+    if not isinstance(value, bool):
+        raise Invalid("true or false")
+    return value
+
+
+def one_of(literal: object) -> Converter[str]:
+    """A converter accepting exactly the strings of ``literal`` (a ``Literal[...]`` type)."""
+    options: tuple[str, ...] = get_args(literal)
+
+    def convert(value: object, from_env: bool) -> str:
+        if not isinstance(value, str) or value not in options:
+            raise Invalid("one of " + ", ".join(json.dumps(o) for o in options))
+        return value
+
+    return convert
+
+
+def log_level(value: object, from_env: bool) -> str:
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        raise Invalid("one of " + ", ".join(json.dumps(o) for o in LOG_LEVELS))
+    return value.lower()
+
+
+def listen(value: object, from_env: bool) -> str:
+    expected = "host:port with a port from 0 to 65535 (IPv6 as [::1]:9187)"
+    if not isinstance(value, str):
+        raise Invalid(expected)
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise Invalid(expected)
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise Invalid(expected)
+    return value
+
+
+_URL_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+._-]*://.*", re.DOTALL)
+
+
+def sqlalchemy_url(value: object, from_env: bool) -> str:
+    if not isinstance(value, str) or not _URL_RE.fullmatch(value):
+        raise Invalid("a SQLAlchemy URL such as sqlite:///./state/cdc.db")
+    return value
+
+
+def column_list(value: object, from_env: bool) -> tuple[str, ...]:
+    """A column name, a list of names, or (from the environment) names separated by commas."""
+    if from_env and isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
+        raise Invalid('a column name or a list of column names, e.g. "updated_at" or ["updated_at", "id"]')
+    names = tuple(str(v).strip() for v in items)
+    if len(set(names)) != len(names):
+        raise Invalid("distinct column names")
+    return names
+
+
+def table_name(value: object, from_env: bool) -> TableId:
+    expected = "a table name like public.orders (orders means public.orders)"
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise Invalid(expected)
+    try:
+        tid = TableId.parse(value)
+    except ValueError:
+        raise Invalid(expected) from None
+    if not tid.schema or not tid.name:
+        raise Invalid(expected)
+    return tid
