@@ -9,7 +9,9 @@ Dev tooling, not the runtime: nothing outside this folder imports it except ``cd
 - ``lake``: reading the Delta tables while the replicator writes them;
 - ``display``: the text the demo prints (pure);
 - ``workdir``: the ``--dir`` the lake and state live in (one run at a time);
-- ``localpg``: a throwaway local PostgreSQL server, also used by the test suite and the benchmarks.
+- ``localpg`` and ``pgbin``: a throwaway local PostgreSQL server. **Shared with the test suite**
+  (its session clusters, ``tests/conftest.py``) and the benchmarks; the test-only extras (crash,
+  restart, standbys) live in ``tests/support/cluster.py``.
 """
 
 from __future__ import annotations
