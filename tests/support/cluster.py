@@ -6,7 +6,8 @@ test may also ``kill()`` like a power cut, ``restart()``, or ``start_again()`` a
 from a running primary, started in hot-standby mode with ``hot_standby_feedback = on`` (logical
 decoding on a PostgreSQL 16 standby needs it; plain reads do not mind it).
 
-Linux only: ``kill()`` reads ``/proc`` to find the postmaster's children.
+Linux only: ``kill()`` finds the postmaster's children with ``processes()``, which reads ``/proc``
+(the demo's test uses it too, to see that no server is left).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from cdc_replicator.demo.localpg import LocalPostgres
 from cdc_replicator.errors import SourceError
 
-__all__ = ["Cluster", "Standby"]
+__all__ = ["Cluster", "Standby", "processes"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,19 +117,23 @@ class Standby(Cluster):
             )
 
 
+def processes(file: str) -> Iterator[tuple[int, bytes]]:
+    """Each process's pid and the contents of its ``/proc/<pid>/<file>`` (one that ended meanwhile: skipped)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), (entry / file).read_bytes()
+            except OSError:
+                continue
+
+
 def _children_of(pid: int) -> list[int]:
     children: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat_line = (entry / "stat").read_text()
-        except OSError:
-            continue
+    for child, stat in processes("stat"):
         # Field 4 is the parent pid; the command name in field 2 may contain spaces and parentheses.
-        fields = stat_line[stat_line.rfind(")") + 2 :].split()
-        if len(fields) > 1 and fields[1] == str(pid):
-            children.append(int(entry.name))
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and fields[1] == str(pid).encode():
+            children.append(child)
     return children
 
 
