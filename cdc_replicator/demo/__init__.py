@@ -1,7 +1,7 @@
 """The README's demo: a throwaway local PostgreSQL with live sample changes, replicated into a local lake.
 
-Dev tooling, not the runtime: nothing outside this folder imports it except ``cdc-replicator demo``
-(``run.run_demo``). Its modules, one job each:
+Dev tooling, not the runtime: the rest of the package imports none of it, except the
+``cdc-replicator demo`` command (``run.run_demo``). Its modules, one job each:
 
 - ``run``: the run itself (directory, server, threads, progress, orderly stop, final check);
 - ``shop``: the sample database (tables, seed rows, the counts and positions read back);
