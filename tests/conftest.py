@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cdc_replicator.demo.localpg import LocalPostgres, PgBinaries, find_binaries
+from cdc_replicator.demo.localpg import PgBinaries, find_binaries
+from tests.support.cluster import Cluster
 from tests.support.pg import PgDatabase, create_test_database, drop_test_database, versions_from_env
 
 try:
@@ -24,14 +25,17 @@ def pg_binaries(request: pytest.FixtureRequest) -> PgBinaries:
 
 
 @pytest.fixture(scope="session")
-def pg_cluster(pg_binaries: PgBinaries) -> Iterator[LocalPostgres]:
-    """A running cluster (wal_level=logical, fsync off) shared by every test of one version."""
-    with LocalPostgres(pg_binaries, fast=True) as cluster:
+def pg_cluster(pg_binaries: PgBinaries) -> Iterator[Cluster]:
+    """A running cluster (wal_level=logical, fsync off) shared by every test of one version.
+
+    A ``Cluster``: a test may restart it or stop and start it again (``pg.cluster.restart()``).
+    """
+    with Cluster(pg_binaries, fast=True) as cluster:
         yield cluster
 
 
 @pytest.fixture
-def pg(pg_cluster: LocalPostgres, request: pytest.FixtureRequest) -> Iterator[PgDatabase]:
+def pg(pg_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[PgDatabase]:
     """A new, empty, uniquely named database; dropped afterwards with its replication slots."""
     db = create_test_database(pg_cluster, request.node.name)
     yield db

@@ -12,7 +12,7 @@ from typing import Any
 
 from cdc_replicator.config import Config
 from cdc_replicator.errors import ReplicatorError
-from cdc_replicator.model import Lsn
+from cdc_replicator.model import Lsn, TableId
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.source import checks
 from cdc_replicator.store.state import StateStore
@@ -67,11 +67,9 @@ def collect_status(cfg: Config) -> dict[str, Any]:
         row: dict[str, Any] = {"table": name, "mode": cfg.source.mode}
         try:
             pos = sink.position(t)
-            commit = sink.last_commit(t)
-            rows = sink.row_count(t)
+            lake = _lake_fields(sink, t, now)
         except ReplicatorError as exc:
-            row.update(state="failed", last_error=f"cannot read the Delta table: {exc.message}")
-            tables.append(row)
+            tables.append(_unreadable(row, exc))
             continue
         saved = recorded.get(name)
         load = loads.get(name)
@@ -87,7 +85,7 @@ def collect_status(cfg: Config) -> dict[str, Any]:
             lag_bytes=None
             if pos is None or server_lsn is None
             else max(0, server_lsn.value - max(pos.lsn.value, _lsn_value(rec.applied_lsn if rec else None))),
-            **_lake_fields(rows, commit, now),
+            **lake,
             last_error=saved.last_error if saved else None,
         )
         tables.append(row)
@@ -126,14 +124,12 @@ def _watermark_status(cfg: Config, sink: DeltaSink, recorded: dict[str, Any]) ->
         row_: dict[str, Any] = {"table": name, "mode": "watermark"}
         try:
             wm = sink.watermark(t)
-            commit = sink.last_commit(t)
-            rows = sink.row_count(t)
+            lake = _lake_fields(sink, t, now)
         except ReplicatorError as exc:
-            row_.update(state="failed", last_error=f"cannot read the Delta table: {exc.message}")
-            tables.append(row_)
+            tables.append(_unreadable(row_, exc))
             continue
         saved = recorded.get(name)
-        if commit is None:
+        if lake["delta_version"] is None:
             word = "not loaded"
         elif saved is not None and saved.state in ("paused", "failed"):
             word = saved.state
@@ -144,7 +140,7 @@ def _watermark_status(cfg: Config, sink: DeltaSink, recorded: dict[str, Any]) ->
             position=None if wm is None or wm.read is None else ",".join(wm.read),
             pending_ranges=None if wm is None else len(wm.pending),
             lag_bytes=None,
-            **_lake_fields(rows, commit, now),
+            **lake,
             last_error=saved.last_error if saved else None,
         )
         tables.append(row_)
@@ -157,10 +153,13 @@ def _watermark_status(cfg: Config, sink: DeltaSink, recorded: dict[str, Any]) ->
     }
 
 
-def _lake_fields(
-    rows: int | None, commit: tuple[int, datetime | None] | None, now: datetime
-) -> dict[str, Any]:
-    """What the Delta table says: rows, version, when it was last written."""
+def _lake_fields(sink: DeltaSink, table: TableId, now: datetime) -> dict[str, Any]:
+    """What the Delta table says: rows, version (None: no table yet), when it was last written.
+
+    Raises ReplicatorError when the table cannot be read.
+    """
+    commit = sink.last_commit(table)
+    rows = sink.row_count(table)
     when = None if commit is None else commit[1]
     return {
         "rows": rows,
@@ -168,6 +167,11 @@ def _lake_fields(
         "last_commit": None if when is None else when.isoformat(),
         "seconds_since_commit": None if when is None else round((now - when).total_seconds(), 1),
     }
+
+
+def _unreadable(row: dict[str, Any], exc: ReplicatorError) -> dict[str, Any]:
+    """``row`` for a table whose Delta table cannot be read."""
+    return {**row, "state": "failed", "last_error": f"cannot read the Delta table: {exc.message}"}
 
 
 def _lsn(lsn: Lsn | None) -> str | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+from tests.support.cluster import processes
 from tests.support.wait import wait_until
 
 TABLES = ("customers", "orders", "order_items")
@@ -57,17 +58,7 @@ def checked_counts(run: DemoRun) -> dict[str, int]:
 
 def processes_using(path: str) -> list[int]:
     """Pids whose command line mentions ``path`` (a postgres started with ``-D <path>/data``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if os.fsencode(path) in cmdline:
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, cmdline in processes("cmdline") if os.fsencode(path) in cmdline]
 
 
 def assert_server_gone(run: DemoRun) -> None:

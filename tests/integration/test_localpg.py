@@ -1,4 +1,4 @@
-"""LocalPostgres and the pg fixtures: the throwaway clusters every other test stands on."""
+"""LocalPostgres, the tests' Cluster and Standby, and the pg fixtures: the clusters every other test stands on."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ import psycopg
 import pytest
 from psycopg.abc import Params
 
-from cdc_replicator.demo.localpg import LocalPostgres, PgBinaries, find_binaries, make_standby
+from cdc_replicator.demo.localpg import LocalPostgres, PgBinaries, find_binaries
 from cdc_replicator.errors import SourceError
+from tests.support.cluster import Cluster, Standby
 from tests.support.pg import PgDatabase, create_test_database, drop_test_database
 from tests.support.wait import wait_until
 
 
 @pytest.fixture
-def own_cluster(pg_binaries: PgBinaries) -> Iterator[LocalPostgres]:
+def own_cluster(pg_binaries: PgBinaries) -> Iterator[Cluster]:
     """A private cluster for tests that stop, restart or crash it."""
-    with LocalPostgres(pg_binaries, fast=True) as cluster:
+    with Cluster(pg_binaries, fast=True) as cluster:
         yield cluster
 
 
@@ -38,7 +39,7 @@ def test_the_session_cluster_runs_the_requested_version_with_logical_wal(
     assert pg.cluster.dsn().startswith(f"postgresql://postgres@127.0.0.1:{pg.cluster.port}/")
 
 
-def test_each_test_database_starts_empty_and_is_distinct(pg: PgDatabase, pg_cluster: LocalPostgres) -> None:
+def test_each_test_database_starts_empty_and_is_distinct(pg: PgDatabase, pg_cluster: Cluster) -> None:
     assert pg.query("select count(*) from pg_class where relnamespace = 'public'::regnamespace") == [(0,)]
     assert pg.query("select current_database()") == [(pg.name,)]
     pg.execute("create table only_here (id int primary key)")
@@ -52,7 +53,7 @@ def test_each_test_database_starts_empty_and_is_distinct(pg: PgDatabase, pg_clus
 
 
 def test_dropping_a_test_database_drops_its_replication_slots_even_while_streaming(
-    pg_cluster: LocalPostgres,
+    pg_cluster: Cluster,
 ) -> None:
     db = create_test_database(pg_cluster, "slots")
     db.execute("select pg_create_logical_replication_slot('held', 'pgoutput')")
@@ -74,7 +75,7 @@ def test_dropping_a_test_database_drops_its_replication_slots_even_while_streami
     assert _rows(pg_cluster.dsn(), "select 1 from pg_database where datname = %s", (db.name,)) == []
 
 
-def test_restart_keeps_the_data_and_the_port(own_cluster: LocalPostgres) -> None:
+def test_restart_keeps_the_data_and_the_port(own_cluster: Cluster) -> None:
     dsn = own_cluster.create_database("keep")
     port = own_cluster.port
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -87,7 +88,7 @@ def test_restart_keeps_the_data_and_the_port(own_cluster: LocalPostgres) -> None
     assert _rows(dsn, "select id from t order by id") == [(1,), (2,)]
 
 
-def test_kill_then_start_again_recovers_committed_rows(own_cluster: LocalPostgres) -> None:
+def test_kill_then_start_again_recovers_committed_rows(own_cluster: Cluster) -> None:
     dsn = own_cluster.create_database("crash")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("create table t (id int primary key)")
@@ -102,7 +103,7 @@ def test_kill_then_start_again_recovers_committed_rows(own_cluster: LocalPostgre
     assert "automatic recovery in progress" in own_cluster.log_path.read_text()
 
 
-def test_stop_then_start_again_keeps_the_data(own_cluster: LocalPostgres) -> None:
+def test_stop_then_start_again_keeps_the_data(own_cluster: Cluster) -> None:
     dsn = own_cluster.create_database("stopped")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("create table t as select 7 as id")
@@ -154,9 +155,18 @@ def test_a_server_that_cannot_start_raises_with_the_log_lines(pg_binaries: PgBin
         cluster.cleanup()
 
 
-def test_a_standby_is_in_recovery_and_replicates_a_row(pg: PgDatabase, pg_cluster: LocalPostgres) -> None:
+def test_a_server_that_cannot_start_in_a_with_block_leaves_nothing_behind(pg_binaries: PgBinaries) -> None:
+    cluster = LocalPostgres(pg_binaries, fast=True, settings={"shared_buffers": "lots"})
+    with pytest.raises(SourceError, match="shared_buffers"), cluster:
+        pytest.fail("the block ran although the server did not start")
+
+    assert not cluster.base_dir.exists()
+    assert not cluster.running
+
+
+def test_a_standby_is_in_recovery_and_replicates_a_row(pg: PgDatabase, pg_cluster: Cluster) -> None:
     pg.execute("create table t (id int primary key, note text)")
-    with make_standby(pg_cluster) as standby:
+    with Standby(pg_cluster) as standby:
         on_standby = standby.dsn(pg.name)
         assert _rows(on_standby, "select pg_is_in_recovery()") == [(True,)]
         assert _rows(on_standby, "show hot_standby_feedback") == [("on",)]

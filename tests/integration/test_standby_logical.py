@@ -15,7 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cdc_replicator.demo.localpg import LocalPostgres, find_binaries
+from cdc_replicator.demo.localpg import find_binaries
+from tests.support.cluster import Cluster, Standby
 from tests.support.daemon import Daemon, run_cli, wait_converged, write_config
 from tests.support.pg import PgDatabase, create_test_database, drop_test_database
 from tests.support.wait import wait_until
@@ -23,21 +24,13 @@ from tests.support.workload import TABLES, Workload, create_schema
 
 
 @pytest.fixture(scope="module")
-def pair() -> Iterator[tuple[LocalPostgres, LocalPostgres]]:
-    binaries = find_binaries(16)
-    with LocalPostgres(binaries, fast=True) as primary:
-        standby = LocalPostgres(binaries, fast=True, settings={"hot_standby_feedback": "on"})
-        try:
-            standby.start_standby(primary)
-            yield primary, standby
-        finally:
-            standby.cleanup()
+def pair() -> Iterator[tuple[Cluster, Standby]]:
+    with Cluster(find_binaries(16), fast=True) as primary, Standby(primary) as standby:
+        yield primary, standby
 
 
 @pytest.fixture
-def primary_db(
-    pair: tuple[LocalPostgres, LocalPostgres], request: pytest.FixtureRequest
-) -> Iterator[PgDatabase]:
+def primary_db(pair: tuple[Cluster, Standby], request: pytest.FixtureRequest) -> Iterator[PgDatabase]:
     db = create_test_database(pair[0], request.node.name)
     yield db
     _drop_standby_slots(pair[1], db.name)
@@ -51,7 +44,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     d.close()
 
 
-def _drop_standby_slots(standby: LocalPostgres, dbname: str) -> None:
+def _drop_standby_slots(standby: Cluster, dbname: str) -> None:
     with psycopg.connect(standby.dsn(), autocommit=True) as conn:
         for (slot,) in conn.execute(
             "select slot_name from pg_replication_slots where database = %s", (dbname,)
@@ -59,7 +52,7 @@ def _drop_standby_slots(standby: LocalPostgres, dbname: str) -> None:
             conn.execute("select pg_drop_replication_slot(%s)", (slot,))
 
 
-def _replica(primary_db: PgDatabase, standby: LocalPostgres) -> PgDatabase:
+def _replica(primary_db: PgDatabase, standby: Cluster) -> PgDatabase:
     target = str(primary_db.query("select pg_current_wal_lsn()::text")[0][0])
     # asked on the standby's postgres database: the test database may not be replayed yet
     server = PgDatabase(name="postgres", dsn=standby.dsn(), cluster=standby)
@@ -87,7 +80,7 @@ class Nudger:
     """Calls pg_log_standby_snapshot() on the primary every second, as the README advises for an
     idle primary, so that slot creation on the standby does not wait up to 15 s each time."""
 
-    def __init__(self, primary: LocalPostgres) -> None:
+    def __init__(self, primary: Cluster) -> None:
         self._dsn = primary.dsn()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -107,7 +100,7 @@ class Nudger:
 
 
 def test_logical_decoding_on_the_standby_converges_under_the_randomized_workload_and_kill_9(
-    pair: tuple[LocalPostgres, LocalPostgres], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
+    pair: tuple[Cluster, Standby], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
 ) -> None:
     primary, standby = pair
     create_schema(primary_db, rows=150, seed=5)
@@ -144,7 +137,7 @@ def test_logical_decoding_on_the_standby_converges_under_the_randomized_workload
 
 
 def test_on_a_standby_a_missing_publication_and_feedback_off_are_clear_errors(
-    pair: tuple[LocalPostgres, LocalPostgres], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
+    pair: tuple[Cluster, Standby], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
 ) -> None:
     _primary, standby = pair
     primary_db.execute("create table t (id int primary key, v text)")
@@ -178,7 +171,7 @@ def test_on_a_standby_a_missing_publication_and_feedback_off_are_clear_errors(
 
 
 def test_slot_creation_on_a_standby_that_cannot_become_consistent_times_out_naming_the_fix(
-    pair: tuple[LocalPostgres, LocalPostgres], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
+    pair: tuple[Cluster, Standby], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
 ) -> None:
     _primary, standby = pair
     primary_db.execute("create table t (id int primary key, v text)")
@@ -202,7 +195,7 @@ def test_slot_creation_on_a_standby_that_cannot_become_consistent_times_out_nami
 
 
 def test_a_slot_the_standby_invalidates_is_a_fatal_error_naming_the_re_sync(
-    pair: tuple[LocalPostgres, LocalPostgres], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
+    pair: tuple[Cluster, Standby], primary_db: PgDatabase, tmp_lake: Path, daemon: Daemon
 ) -> None:
     primary, standby = pair
     primary_db.execute("create table t (id int primary key, v text)")

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from deltalake import DeltaTable
 
-from cdc_replicator.demo.localpg import LocalPostgres
+from tests.support.cluster import Standby
 from tests.support.daemon import Daemon, run_cli, wait_converged, write_config
 from tests.support.lake import table_path
 from tests.support.pg import PgDatabase
@@ -134,9 +134,7 @@ def test_many_rows_sharing_one_cursor_value_are_paged_by_key_without_loss(
     assert daemon.stop() == 0, daemon.output()
 
 
-def _late_commit(
-    pg: PgDatabase, tmp_lake: Path, daemon: Daemon, standby: LocalPostgres | None = None
-) -> None:
+def _late_commit(pg: PgDatabase, tmp_lake: Path, daemon: Daemon, standby: Standby | None = None) -> None:
     """A transaction writes rows stamped with its start time (now()), one of them inside a savepoint
     (a subtransaction xid), then commits after the daemon's watermark has moved past them."""
     _items(pg, 100)
@@ -180,7 +178,7 @@ def test_a_transaction_that_commits_after_the_watermark_passed_its_rows_is_still
 
 
 def test_on_a_standby_too_a_transaction_committing_late_is_captured(
-    pg: PgDatabase, tmp_lake: Path, daemon: Daemon, standby: LocalPostgres
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon, standby: Standby
 ) -> None:
     # a hot standby reports its running transactions only as subtransactions: pg_current_snapshot()
     # lists none there, so the pending ranges must go by xmin/xmax
@@ -241,17 +239,13 @@ def test_kill_9_and_restart_continue_from_the_committed_watermark_without_duplic
 
 
 @pytest.fixture
-def standby(pg: PgDatabase, tmp_path: Path) -> Iterator[LocalPostgres]:
+def standby(pg: PgDatabase) -> Iterator[Standby]:
     """A streaming physical standby of the test cluster (pg_basebackup -R), removed afterwards."""
-    replica = LocalPostgres(pg.cluster.binaries, fast=True)
-    try:
-        replica.start_standby(pg.cluster)
+    with Standby(pg.cluster) as replica:
         yield replica
-    finally:
-        replica.cleanup()
 
 
-def _replayed(pg: PgDatabase, standby: LocalPostgres) -> None:
+def _replayed(pg: PgDatabase, standby: Standby) -> None:
     """Wait until the standby has replayed everything the primary wrote so far."""
     target = str(pg.query("select pg_current_wal_lsn()::text")[0][0])
     with psycopg.connect(standby.dsn(pg.name), autocommit=True) as conn:
@@ -263,7 +257,7 @@ def _replayed(pg: PgDatabase, standby: LocalPostgres) -> None:
 
 
 def test_on_a_standby_the_daemon_reads_only_the_standby_and_survives_its_restart(
-    pg: PgDatabase, tmp_lake: Path, daemon: Daemon, standby: LocalPostgres
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon, standby: Standby
 ) -> None:
     _items(pg, 1500)
     _replayed(pg, standby)

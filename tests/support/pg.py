@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.abc import Params, QueryNoTemplate
 
-from cdc_replicator.demo.localpg import LocalPostgres
+from tests.support.cluster import Cluster
 from tests.support.wait import wait_until
 
 __all__ = [
@@ -43,7 +43,7 @@ class PgDatabase:
 
     name: str
     dsn: str
-    cluster: LocalPostgres
+    cluster: Cluster
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[tuple[Any, ...]]:
         """Open a new connection to this database; the caller closes it (use ``with``)."""
@@ -65,7 +65,7 @@ def _database_name(label: str) -> str:
     return f"t_{stem}_{uuid.uuid4().hex[:8]}"
 
 
-def create_test_database(cluster: LocalPostgres, label: str) -> PgDatabase:
+def create_test_database(cluster: Cluster, label: str) -> PgDatabase:
     """Create a uniquely named empty database (name derived from ``label``, e.g. the test name)."""
     name = _database_name(label)
     return PgDatabase(name=name, dsn=cluster.create_database(name), cluster=cluster)

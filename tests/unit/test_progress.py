@@ -14,9 +14,9 @@ from dataclasses import replace
 
 import pytest
 
-from cdc_replicator.cli.progress import (
+from cdc_replicator.cli.progress import LoadProgress
+from cdc_replicator.cli.progress_text import (
     UNKNOWN,
-    LoadProgress,
     TableProgress,
     TableStatus,
     TableSummary,
