@@ -13,7 +13,7 @@ from typing import Final, Literal
 from cdc_replicator.config import converters as c
 from cdc_replicator.config.keys import key, redacted_repr
 from cdc_replicator.config.redact import redact_dsn, redact_options
-from cdc_replicator.model import TableId
+from cdc_replicator.model import ColumnSelection, TableId
 
 SourceMode = Literal["logical", "watermark"]
 HeartbeatKind = Literal["message", "table"]
@@ -292,6 +292,13 @@ class Config:
     @property
     def table_ids(self) -> tuple[TableId, ...]:
         return tuple(t.name for t in self.tables)
+
+    @property
+    def selections(self) -> dict[TableId, ColumnSelection]:
+        """Which columns of each table are replicated (``columns`` / ``exclude_columns``)."""
+        return {
+            t.name: ColumnSelection(frozenset(t.columns), frozenset(t.exclude_columns)) for t in self.tables
+        }
 
     def table(self, tid: TableId) -> TableConfig:
         """The configuration of table ``tid``; KeyError if it is not configured."""

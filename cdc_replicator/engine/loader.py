@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+import psycopg
+from psycopg import sql
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from cdc_replicator.errors import ReplicatorError
 from cdc_replicator.model import KeyRange, Lsn, TableId, TableSchema
 from cdc_replicator.service import failpoints
-from cdc_replicator.sink.delta import DeltaSink
+from cdc_replicator.sink import ChunkWritten, LoadSink
 from cdc_replicator.source import checks
 from cdc_replicator.source.snapshot import (
     arrow_copy_available,
@@ -95,7 +97,7 @@ class Loader:
         self,
         *,
         dsn: str,
-        sink: DeltaSink,
+        sink: LoadSink,
         state: StateStore,
         slot: str,
         parallel: int,
@@ -199,52 +201,19 @@ class Loader:
         loaded_at = datetime.now(UTC)
 
         def worker() -> None:
-            conn = None
+            conn: psycopg.Connection[tuple[object, ...]] | None = None
             try:
                 while not self._stop.is_set() and not failures:
                     try:
                         w = todo.get_nowait()
                     except queue.Empty:
                         return
-                    for attempt in _retrying():
-                        with attempt:
-                            if conn is None or conn.closed:
-                                conn = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
-                            try:
-                                failpoints.hit("chunk_read")
-                                where = range_condition(w.schema, key_types[w.schema.table], w.key_range)
-                                rows = (
-                                    copy_table_arrow(self._dsn, w.schema, snapshot=snapshot, where=where)
-                                    if self._arrow
-                                    else copy_table(conn, w.schema, snapshot=snapshot, where=where)
-                                )
-                                written = self._sink.load_chunk(
-                                    w.schema,
-                                    rows,
-                                    w.key_range,
-                                    row_lsn=snapshot_lsn.value,
-                                    loaded_at=loaded_at,
-                                    append=w.append,
-                                    native=self._arrow,
-                                )
-                            except ReplicatorError:
-                                if conn is not None:
-                                    conn.close()
-                                conn = None
-                                raise
-                    table = w.schema.table
+                    where = range_condition(w.schema, key_types[w.schema.table], w.key_range)
+                    conn, written = self._copy_chunk(conn, w, where, snapshot, snapshot_lsn.value, loaded_at)
                     failpoints.hit("after_chunk_write")
-                    self._state.chunk_done(self._slot, table, w.chunk_no, written.rows, snapshot_lsn)
+                    self._state.chunk_done(self._slot, w.schema.table, w.chunk_no, written.rows, snapshot_lsn)
                     failpoints.hit("after_chunk_done")
-                    self._progress.chunk_done(
-                        str(table), rows=written.rows, files=written.files, bytes=written.bytes
-                    )
-                    with self._lock:
-                        totals[table] += written.rows
-                        remaining[table] -= 1
-                        last = remaining[table] == 0
-                    if last:
-                        self._finish(w.schema, position)
+                    self._chunk_done(w.schema, written, remaining, totals, position)
             except BaseException as exc:  # handed to the caller
                 failures.append(exc)
             finally:
@@ -268,6 +237,60 @@ class Loader:
                 "the load was stopped; finished chunks are kept",
                 hint="run the same command again to resume where it stopped",
             )
+
+    def _copy_chunk(
+        self,
+        conn: psycopg.Connection[tuple[object, ...]] | None,
+        w: _Work,
+        where: sql.Composable,
+        snapshot: str | None,
+        row_lsn: int,
+        loaded_at: datetime,
+    ) -> tuple[psycopg.Connection[tuple[object, ...]] | None, ChunkWritten]:
+        """Read one chunk and write it as one commit; a dropped connection is retried (the range
+        overwrite makes a redo safe). Returns the connection to go on with."""
+        for attempt in _retrying():
+            with attempt:
+                if conn is None or conn.closed:
+                    conn = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
+                try:
+                    failpoints.hit("chunk_read")
+                    rows = (
+                        copy_table_arrow(self._dsn, w.schema, snapshot=snapshot, where=where)
+                        if self._arrow
+                        else copy_table(conn, w.schema, snapshot=snapshot, where=where)
+                    )
+                    written = self._sink.load_chunk(
+                        w.schema,
+                        rows,
+                        w.key_range,
+                        row_lsn=row_lsn,
+                        loaded_at=loaded_at,
+                        append=w.append,
+                        native=self._arrow,
+                    )
+                except ReplicatorError:
+                    conn.close()
+                    conn = None
+                    raise
+        return conn, written
+
+    def _chunk_done(
+        self,
+        schema: TableSchema,
+        written: ChunkWritten,
+        remaining: dict[TableId, int],
+        totals: dict[TableId, int],
+        position: Lsn,
+    ) -> None:
+        table = schema.table
+        self._progress.chunk_done(str(table), rows=written.rows, files=written.files, bytes=written.bytes)
+        with self._lock:
+            totals[table] += written.rows
+            remaining[table] -= 1
+            last = remaining[table] == 0
+        if last:
+            self._finish(schema, position)
 
     def _finish(self, schema: TableSchema, position: Lsn) -> None:
         self._sink.finish_load(schema, position)

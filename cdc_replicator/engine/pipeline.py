@@ -35,7 +35,7 @@ from cdc_replicator.engine.slotwatch import SlotWatch
 from cdc_replicator.engine.snapshot import Loads, narrowed
 from cdc_replicator.engine.stream import StreamLoop
 from cdc_replicator.errors import ConfigError, ReplicatorError, SourceError
-from cdc_replicator.model import ColumnSelection, Lsn, TableId, TableSchema
+from cdc_replicator.model import Lsn, TableId, TableSchema
 from cdc_replicator.service.health import HealthState, Phase, TableState
 from cdc_replicator.service.metrics import Metrics
 from cdc_replicator.sink.delta import DeltaSink
@@ -68,9 +68,7 @@ class Replicator:
         self._obs = Observer(health or HealthState(config.table_ids), metrics, on_batch)
         self._health = self._obs.health
         self._metrics = metrics
-        self._selections = {
-            t.name: ColumnSelection(frozenset(t.columns), frozenset(t.exclude_columns)) for t in config.tables
-        }
+        self._selections = config.selections
         self._slot = config.source.slot
         self._tables = config.table_ids
         self._sink = DeltaSink(

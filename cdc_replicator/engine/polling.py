@@ -27,7 +27,6 @@ from cdc_replicator.engine.reconcile import Reconciler
 from cdc_replicator.engine.watermarks import add_pending, may_be_late, page_rows, settle
 from cdc_replicator.errors import ConfigError
 from cdc_replicator.model import (
-    ColumnSelection,
     KeyRange,
     Page,
     PendingRange,
@@ -84,9 +83,7 @@ class PollingLoop:
         self._stop = stop
         self._set_table = set_table
         self._slot = config.source.slot
-        self._selections = {
-            t.name: ColumnSelection(frozenset(t.columns), frozenset(t.exclude_columns)) for t in config.tables
-        }
+        self._selections = config.selections
         wm = config.watermark
         self._reconciler = Reconciler(
             source=source,

@@ -56,9 +56,7 @@ class Loads:
         self._stop = stop
         self._slot = config.source.slot
         self._tables = config.table_ids
-        self._selections = {
-            t.name: ColumnSelection(frozenset(t.columns), frozenset(t.exclude_columns)) for t in config.tables
-        }
+        self._selections = config.selections
 
     def snapshot(
         self,
