@@ -28,7 +28,7 @@ from typing import Literal
 import pyarrow as pa
 
 from cdc_replicator.model import Column, TableId, TableSchema
-from cdc_replicator.typemap import arrow_type
+from cdc_replicator.types import arrow_type
 
 __all__ = [
     "Contract",

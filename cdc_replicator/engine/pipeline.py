@@ -75,7 +75,7 @@ from cdc_replicator.source.watermark import (
     wall,
 )
 from cdc_replicator.store.state import StateStore, migrations_dir
-from cdc_replicator.typemap import cast_text, resolve_domains, unresolved_types
+from cdc_replicator.types import cast_text, resolve_domains, unresolved_types
 
 __all__ = ["BatchReport", "Replicator"]
 

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from cdc_replicator.errors import DecodeError
 from cdc_replicator.model import MOVED_PREFIX, UNCHANGED_PREFIX, KeyRange, TablePatch, TableSchema
-from cdc_replicator.typemap import arrow_type, cast_text
+from cdc_replicator.types import arrow_type, cast_text
 
 __all__ = [
     "META_COLUMNS",

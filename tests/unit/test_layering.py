@@ -24,7 +24,7 @@ ROOT = Path(cdc_replicator.__file__).resolve().parent
 # except in the engine.
 LEVELS: tuple[frozenset[str], ...] = (
     frozenset({"model", "errors"}),
-    frozenset({"types", "typemap", "config"}),
+    frozenset({"types", "config"}),
     frozenset({"service"}),
     frozenset({"source", "sink", "store"}),
     frozenset({"engine"}),
@@ -40,6 +40,11 @@ PURE = [
     f"{PACKAGE}.sink.plan",
     f"{PACKAGE}.source.decoding",
     f"{PACKAGE}.source.pgoutput",
+    f"{PACKAGE}.types",
+    f"{PACKAGE}.types.calendar",
+    f"{PACKAGE}.types.casts",
+    f"{PACKAGE}.types.kernels",
+    f"{PACKAGE}.types.registry",
 ]
 IO_MODULES = {"psycopg", "deltalake", "socket", "select", "os", "threading", "sqlalchemy"}
 
