@@ -51,7 +51,7 @@ from cdc_replicator.model import (
 from cdc_replicator.service import failpoints
 from cdc_replicator.service.log import current_logging, setup_logging
 from cdc_replicator.service.runtime import tune_gc
-from cdc_replicator.source import pgoutput as wire
+from cdc_replicator.source import pgoutput, wire
 from cdc_replicator.source.decoding import Decoder
 from cdc_replicator.source.replication import PrimaryKeepalive, ReplicationConnection, quote_ident
 
@@ -392,7 +392,7 @@ class LogicalSource:
                 continue
             if frame.wal_end.value > self._received.value:
                 self._received = frame.wal_end
-            msg = wire.parse(frame.payload, in_stream=in_stream)
+            msg = pgoutput.parse(frame.payload, in_stream=in_stream)
             if isinstance(msg, wire.StreamStart):
                 in_stream, stream_xid = True, msg.xid
                 if msg.xid not in self._spills:
@@ -498,7 +498,7 @@ class LogicalSource:
                     raise DecodeError(f"spill file of xid {msg.xid} is truncated")
                 (n,) = _SPILL_HEADER.unpack(header)
                 payload = f.read(n)
-                out.extend(self._decoder.decode(wire.parse(payload, in_stream=True)))
+                out.extend(self._decoder.decode(pgoutput.parse(payload, in_stream=True)))
                 if len(out) >= _CHUNK:
                     self._put(conn, out)
                     out = []
