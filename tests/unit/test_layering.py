@@ -39,6 +39,7 @@ PURE = [
     f"{PACKAGE}.engine.contracts",
     f"{PACKAGE}.sink.plan",
     f"{PACKAGE}.source.decoding",
+    f"{PACKAGE}.source.ipc",
     f"{PACKAGE}.source.pgoutput",
     f"{PACKAGE}.source.wire",
     f"{PACKAGE}.types",
