@@ -2,7 +2,7 @@
 
 Pure: two ``TableSchema`` values in, a list of ``SchemaChange`` and a ``Decision`` out. The layouts
 come from the catalog (at a load) and from pgoutput Relation messages (in the stream); a change is
-judged by what it does to the Delta table (the Arrow types of ``typemap``):
+judged by what it does to the Delta table (the Arrow types of ``types``):
 
 - ``add_column``: evolve adds a nullable Delta column (older rows read NULL);
 - ``drop_column``: evolve keeps the Delta column (older rows keep their values, later rows NULL);
@@ -28,7 +28,7 @@ from typing import Literal
 import pyarrow as pa
 
 from cdc_replicator.model import Column, TableId, TableSchema
-from cdc_replicator.typemap import arrow_type
+from cdc_replicator.types import arrow_type
 
 __all__ = [
     "Contract",

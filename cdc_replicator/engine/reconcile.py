@@ -29,7 +29,7 @@ from cdc_replicator.model import (
 from cdc_replicator.sink import Lake
 from cdc_replicator.source import PollingSource
 from cdc_replicator.source.watermark import RECONCILE_DELETE_KEY_OIDS
-from cdc_replicator.typemap import cast_text
+from cdc_replicator.types import cast_text
 
 __all__ = ["Reconciler", "diff_keys"]
 

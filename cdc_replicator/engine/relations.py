@@ -21,7 +21,7 @@ from cdc_replicator.model import ChangeBatch, Lsn, RelationChanged, TableId, Tab
 from cdc_replicator.service import failpoints
 from cdc_replicator.sink import OffsetStore, Sink
 from cdc_replicator.store.state import StateStore
-from cdc_replicator.typemap import resolve_domains, unresolved_types
+from cdc_replicator.types import resolve_domains, unresolved_types
 
 __all__ = ["SchemaFollower"]
 

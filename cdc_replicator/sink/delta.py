@@ -40,7 +40,7 @@ from cdc_replicator.sink.plan import (
     target_schema,
     typed_columns,
 )
-from cdc_replicator.typemap import arrow_type
+from cdc_replicator.types import arrow_type
 
 __all__ = ["DeltaSink"]
 

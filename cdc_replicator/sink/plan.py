@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from cdc_replicator.errors import DecodeError
 from cdc_replicator.model import MOVED_PREFIX, UNCHANGED_PREFIX, KeyRange, TablePatch, TableSchema
-from cdc_replicator.typemap import arrow_type, cast_text
+from cdc_replicator.types import arrow_type, cast_text
 
 __all__ = [
     "META_COLUMNS",
@@ -57,7 +57,7 @@ def typed_columns(
     """The source columns as their Arrow types.
 
     By default every column is PostgreSQL text (``binary`` or ``string``) and is cast by
-    ``typemap``. ``native``: the rows were read in binary form (ADBC), so a column that already has
+    ``types``. ``native``: the rows were read in binary form (ADBC), so a column that already has
     its target type is kept as is and only the ``::text`` ones are cast. ``notes`` receives
     ``"column: what"`` for values stored differently by design (numeric NaN, ±infinity, …).
     """
@@ -81,7 +81,7 @@ def typed_columns(
     return out
 
 
-# text-like types whose string value is the value itself (no normalisation by typemap)
+# text-like types whose string value is the value itself (no normalisation by the casts of ``types``)
 _NATIVE_TEXT = frozenset({25, 1043, 1042, 19})
 
 

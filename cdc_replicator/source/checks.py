@@ -15,7 +15,7 @@ from psycopg import sql
 from cdc_replicator.errors import MissingKey, SourceError, WalLevelNotLogical
 from cdc_replicator.model import Column, ColumnSelection, Lsn, TableId, TableSchema
 from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
-from cdc_replicator.typemap import resolve_domains
+from cdc_replicator.types import resolve_domains
 
 __all__ = [
     "HEARTBEAT_PREFIX",

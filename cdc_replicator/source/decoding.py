@@ -24,7 +24,7 @@ from cdc_replicator.model import (
     Value,
     pg_time_to_datetime,
 )
-from cdc_replicator.source import pgoutput as wire
+from cdc_replicator.source import wire
 
 __all__ = ["MESSAGE_PREFIX", "Decoder"]
 

@@ -1,7 +1,7 @@
 """COPY a table inside an exported snapshot and stream it as Arrow record batches. No Delta here.
 
 Rows travel as PostgreSQL's CSV text and are split into columns by Arrow's CSV reader (vectorised),
-so the values are exactly the text forms the replication stream carries; ``typemap`` casts both.
+so the values are exactly the text forms the replication stream carries; ``types`` casts both.
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ def key_type_names(conn: psycopg.Connection[tuple[object, ...]], schema: TableSc
 # Types whose binary COPY form the ADBC driver turns into exactly the Arrow type and values that the
 # text path produces (int2/4/8, float4/8, bool, text, varchar, char(n) with its padding, name, bytea).
 # Every other column is selected in its output-function text form (``output_text``) and cast by
-# ``typemap`` like the stream's values: one source of truth.
+# ``types`` like the stream's values: one source of truth.
 NATIVE_TYPES = frozenset({21, 23, 20, 700, 701, 16, 25, 1043, 1042, 19, 17})
 _SNAPSHOT_RE = re.compile(r"^[0-9A-Fa-f-]+$")
 

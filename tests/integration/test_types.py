@@ -25,7 +25,7 @@ from deltalake import DeltaTable
 from psycopg import sql
 
 from cdc_replicator.source.replication import SESSION_OPTIONS
-from cdc_replicator.typemap import TYPES
+from cdc_replicator.types import TYPES
 from tests.support.daemon import Daemon, wait_converged, write_config
 from tests.support.lake import table_path
 from tests.support.pg import PgDatabase

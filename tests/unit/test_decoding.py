@@ -20,7 +20,7 @@ from cdc_replicator.model import (
     TableSchema,
     Truncate,
 )
-from cdc_replicator.source import pgoutput as wire
+from cdc_replicator.source import wire
 from cdc_replicator.source.decoding import Decoder
 
 INT8, INT4, TEXT = 20, 23, 25

@@ -11,8 +11,9 @@ import pytest
 
 from cdc_replicator.errors import DecodeError
 from cdc_replicator.model import UNCHANGED, pg_time_to_datetime
-from cdc_replicator.source import pgoutput as wire
-from cdc_replicator.source.pgoutput import (
+from cdc_replicator.source import wire
+from cdc_replicator.source.pgoutput import parse
+from cdc_replicator.source.wire import (
     Begin,
     Commit,
     Delete,
@@ -27,7 +28,6 @@ from cdc_replicator.source.pgoutput import (
     Truncate,
     Type,
     Update,
-    parse,
 )
 from tests.unit import pgoutput_captures as cap
 
