@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,24 +14,19 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_replicator.errors import ConfigError, ReplicatorError
 from cdc_replicator.model import KeyRange, Lsn, Position, TableId, TablePosition, WatermarkPosition
+from cdc_replicator.store.migrations import apply_migrations, migrations_dir
 
-__all__ = ["LoadRecord", "ResyncRecord", "SlotRecord", "StateStore", "TableStatusRecord", "migrations_dir"]
+__all__ = [
+    "LoadRecord",
+    "ResyncRecord",
+    "SchemaHistoryEntry",
+    "SlotRecord",
+    "StateStore",
+    "TableStatusRecord",
+    "migrations_dir",
+]
 
 logger = logging.getLogger(__name__)
-
-
-def migrations_dir(kind: str = "state") -> Path:
-    """Find migrations/<kind>: next to the package (checkout) or under <prefix>/share (installed)."""
-    override = os.environ.get("CDC_REPLICATOR_MIGRATIONS")
-    candidates = [Path(override) / kind] if override else []
-    candidates += [
-        Path(__file__).resolve().parents[2] / "migrations" / kind,
-        Path(sys.prefix) / "share" / "cdc-replicator" / "migrations" / kind,
-    ]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    raise ReplicatorError(f"cannot find the {kind} migrations (looked in {', '.join(map(str, candidates))})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +46,17 @@ class TableStatusRecord:
     rows_loaded: int | None
     last_error: str | None
     updated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaHistoryEntry:
+    """One decision on a table's layout (``cdc_schema_history``)."""
+
+    version: int
+    lsn: Lsn | None
+    decision: str  # load / evolve / accept / pause
+    changes: str | None
+    recorded_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,29 +122,7 @@ class StateStore:
 
     def migrate(self) -> list[str]:
         """Apply the numbered migrations not applied yet; return their names."""
-        applied: list[str] = []
-        with self._engine.begin() as conn:
-            conn.execute(
-                text(
-                    "create table if not exists cdc_schema_migrations "
-                    "(version text not null primary key, applied_at text not null)"
-                )
-            )
-            done = {r[0] for r in conn.execute(text("select version from cdc_schema_migrations"))}
-        for path in sorted(migrations_dir("state").glob("*.sql")):
-            if path.stem in done:
-                continue
-            statements = [s.strip() for s in _strip_comments(path.read_text()).split(";") if s.strip()]
-            with self._engine.begin() as conn:
-                for stmt in statements:
-                    conn.execute(text(stmt))
-                conn.execute(
-                    text("insert into cdc_schema_migrations (version, applied_at) values (:v, :t)"),
-                    {"v": path.stem, "t": _now()},
-                )
-            applied.append(path.stem)
-            logger.info("state migration applied version=%s", path.stem)
-        return applied
+        return apply_migrations(self._engine, migrations_dir("state"))
 
     # ---- slot record -----------------------------------------------------------------------
 
@@ -437,7 +419,7 @@ class StateStore:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def schema_history(self, slot: str, table: TableId) -> list[dict[str, object]]:
+    def schema_history(self, slot: str, table: TableId) -> list[SchemaHistoryEntry]:
         with self._engine.connect() as conn:
             rows = conn.execute(
                 text(
@@ -447,7 +429,7 @@ class StateStore:
                 {"s": slot, "n": str(table)},
             ).fetchall()
         return [
-            {"version": r[0], "lsn": r[1], "decision": r[2], "changes": r[3], "recorded_at": r[4]}
+            SchemaHistoryEntry(int(r[0]), None if r[1] is None else Lsn.parse(r[1]), r[2], r[3], r[4])
             for r in rows
         ]
 
@@ -501,7 +483,3 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cur.execute("pragma journal_mode=wal")
     cur.execute("pragma synchronous=full")
     cur.close()
-
-
-def _strip_comments(sql_text: str) -> str:
-    return "\n".join(line.split("--", 1)[0] for line in sql_text.splitlines())

@@ -37,6 +37,7 @@ PURE = [
     f"{PACKAGE}.engine.batching",
     f"{PACKAGE}.engine.checkpoint",
     f"{PACKAGE}.engine.contracts",
+    f"{PACKAGE}.engine.watermarks",
     f"{PACKAGE}.sink.plan",
     f"{PACKAGE}.source.decoding",
     f"{PACKAGE}.source.ipc",

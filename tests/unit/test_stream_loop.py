@@ -297,4 +297,4 @@ def test_a_schema_change_in_the_middle_of_a_batch_applies_the_rows_of_the_old_la
     }
     assert source.confirms == [end_of(100), end_of(200)]  # the cut batch ends where txn 100 did
     history = rig.state.schema_history(SLOT, A)
-    assert [h["decision"] for h in history] == ["load", "evolve"]
+    assert [h.decision for h in history] == ["load", "evolve"]
