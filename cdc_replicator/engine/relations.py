@@ -11,7 +11,7 @@ Called from the stream loop's thread only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from cdc_replicator.engine.batching import Batcher
@@ -55,10 +55,6 @@ class SchemaFollower:
         self._on_pause = on_pause
         self._domains: Domains | None = None
         self._applied: dict[TableId, TableSchema] = {}  # the layout each Delta table holds
-
-    @property
-    def tables(self) -> Collection[TableId]:
-        return self._contracts.keys()
 
     def start(self, schemas: Mapping[TableId, TableSchema]) -> None:
         """The layout each Delta table holds: the schema history's, else the catalog's (recorded)."""
