@@ -147,13 +147,17 @@ def output_text(column: str, type_oid: int = 0) -> sql.Composable:
     """A column as its type's output function prints it: the form pgoutput and COPY send.
 
     ``col::text`` is not that for every type (char(n) loses its padding, inet gains a netmask,
-    boolean becomes 'true'); ``format('%s', col)`` calls the output function. NULL stays NULL.
+    boolean becomes 'true'); ``format('%s', col)`` calls the output function. NULL stays NULL,
+    and only NULL: ``is not distinct from null`` tests the value itself, where ``is null`` on a
+    composite tests its fields (``ROW(NULL, NULL) IS NULL`` is true, yet it is the value ``(,)``).
     For the types of ``TEXT_CAST_IS_OUTPUT`` the cast is the same function, and cheaper.
     """
     ident = sql.Identifier(column)
     if type_oid in TEXT_CAST_IS_OUTPUT:
         return sql.SQL("{}::text").format(ident)
-    return sql.SQL("case when {} is null then null else format('%s', {}) end").format(ident, ident)
+    return sql.SQL("case when {} is not distinct from null then null else format('%s', {}) end").format(
+        ident, ident
+    )
 
 
 def estimate_rows(conn: psycopg.Connection[tuple[object, ...]], schema: TableSchema) -> tuple[int, int]:

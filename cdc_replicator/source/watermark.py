@@ -330,7 +330,7 @@ class WatermarkSource:
         cols = [tbl.c[k].collate("C") if oids[k] in _TEXT_OIDS else tbl.c[k] for k in key]
         query = sa.select(*[sa.func.format("%s", tbl.c[k]).label(k) for k in key]).select_from(tbl)
         if t.delete_column:  # rows marked deleted are not in Delta (or marked there): not "missing"
-            query = query.where(tbl.c[t.delete_column].is_(None))
+            query = query.where(tbl.c[t.delete_column].is_not_distinct_from(None))  # the value, as in polls
         if lo is not None:
             bound = [
                 sa.cast(sa.bindparam(f"k{i}", v, type_=sa.Text), _PgType(types[k]))
@@ -452,10 +452,14 @@ class WatermarkSource:
 
 
 def _text_of(col: sa.ColumnClause[Any], type_oid: int) -> sa.ColumnElement[Any]:
-    """The column as its type's output function prints it (what the stream and the loads read)."""
+    """The column as its type's output function prints it (what the stream and the loads read).
+
+    NULL only for NULL: ``is not distinct from null`` tests the value, ``is null`` a composite's
+    fields (``ROW(NULL, NULL) IS NULL`` is true; the value is ``(,)``).
+    """
     if type_oid in TEXT_CAST_IS_OUTPUT:
         return sa.cast(col, sa.Text)
-    return sa.case((col.is_(None), None), else_=sa.func.format("%s", col))
+    return sa.case((col.is_not_distinct_from(None), None), else_=sa.func.format("%s", col))
 
 
 def settle(state: WatermarkState, snap: Snapshot, *, now: float, lookback: float) -> tuple[Pending, ...]:
