@@ -33,8 +33,9 @@ from sqlalchemy.types import UserDefinedType
 
 from cdc_replicator.errors import MissingKey, SourceError
 from cdc_replicator.model import Lsn, Op, TableId, TableSchema
+from cdc_replicator.source import pgerrors
 from cdc_replicator.source.checks import read_schema
-from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
+from cdc_replicator.source.replication import SESSION_OPTIONS
 from cdc_replicator.source.snapshot import TEXT_CAST_IS_OUTPUT
 
 __all__ = [
@@ -192,6 +193,7 @@ class WatermarkSource:
 
     def __init__(self, dsn: str, *, connect_timeout: float = 10.0, statement_timeout: float = 60.0) -> None:
         self._dsn = dsn
+        self._connect_timeout = connect_timeout
         self._timeout = statement_timeout
         self._engine: Engine = sa.create_engine(
             "postgresql+psycopg://",
@@ -214,12 +216,16 @@ class WatermarkSource:
         try:
             return self._engine.connect()
         except DBAPIError as exc:
-            raise classify_error(
-                str(exc.orig or exc), context="cannot connect to the source database"
+            raise pgerrors.connect_error(
+                self._dsn,
+                exc,
+                context="cannot connect to the source database",
+                connect_timeout=self._connect_timeout,
             ) from exc
 
     # -- set-up ---------------------------------------------------------------------------------
 
+    @pgerrors.translated("reading the table's schema failed")
     def describe(self, table: TableId, cursor: Sequence[str], delete_column: str) -> TableSchema:
         """The table's schema; checks that it has a primary key and the named columns exist."""
         with self._connect() as conn:
@@ -260,9 +266,14 @@ class WatermarkSource:
         return schema
 
     def is_replica(self) -> bool:
-        with self._connect() as conn:
-            value = conn.execute(sa.select(sa.func.pg_is_in_recovery())).scalar_one()
-            conn.rollback()
+        try:
+            with self._connect() as conn:
+                value = conn.execute(sa.select(sa.func.pg_is_in_recovery())).scalar_one()
+                conn.rollback()
+        except DBAPIError as exc:
+            raise pgerrors.from_exception(
+                exc, context="asking whether the source is a replica failed"
+            ) from exc
         return bool(value)
 
     # -- polling --------------------------------------------------------------------------------
@@ -315,7 +326,7 @@ class WatermarkSource:
                     after = forward.last
                 conn.rollback()
         except DBAPIError as exc:
-            raise classify_error(str(exc.orig or exc), context=f"polling {t.schema.table} failed") from exc
+            raise pgerrors.from_exception(exc, context=f"polling {t.schema.table} failed") from exc
         except SQLAlchemyError as exc:
             raise SourceError(f"polling {t.schema.table} failed: {exc}", retryable=True) from exc
 
@@ -352,9 +363,7 @@ class WatermarkSource:
                 rows = conn.execute(query).fetchall()
                 conn.rollback()
         except DBAPIError as exc:
-            raise classify_error(
-                str(exc.orig or exc), context=f"reading keys of {t.schema.table} failed"
-            ) from exc
+            raise pgerrors.from_exception(exc, context=f"reading keys of {t.schema.table} failed") from exc
         return [tuple(str(v) for v in r) for r in rows]
 
     def rows_by_key(
@@ -385,9 +394,12 @@ class WatermarkSource:
                 sa.cast(sa.literal(v, sa.Text), _PgType(types[c])) for c, v in zip(t.order, upto, strict=True)
             ]
             query = query.where(sa.tuple_(*[tbl.c[c] for c in t.order]) <= sa.tuple_(*bound))
-        with self._connect() as conn:
-            rows = conn.execute(query).fetchall()
-            conn.rollback()
+        try:
+            with self._connect() as conn:
+                rows = conn.execute(query).fetchall()
+                conn.rollback()
+        except DBAPIError as exc:
+            raise pgerrors.from_exception(exc, context=f"reading rows of {t.schema.table} failed") from exc
         columns = list(zip(*rows, strict=True)) if rows else [() for _ in t.schema.column_names]
         arrays = {
             name: pa.array(list(columns[i]), pa.string()).cast(pa.binary())
