@@ -1,12 +1,13 @@
 """A source that refuses stops the daemon with exit 3 and the fix, decided by SQLSTATE, never by text.
 
-Each case runs ``cdc-replicator run`` with the default ``retry_give_up_seconds = 0``: an error taken
+Each daemon case runs ``cdc-replicator run`` with the default ``retry_give_up_seconds = 0``: an error taken
 for a retryable one would be retried until the command's timeout. It must instead stop at once
 (no "retrying in" line), print one error and its fix, and exit 3. Every case runs twice: on a
 server that speaks English, and on one whose ``lc_messages`` is German, where the same refusals
 must stop the same way. The German server is Debian's PostgreSQL 15 (its translations are
 packaged; pgserver's 16 has none) and needs the OS locale de_DE.UTF-8, which ``.ci/run``
-generates: without it the test fails, it never skips.
+generates: without it the test fails, it never skips. START_REPLICATION's ambiguous codes keep
+their meaning there too (a dropped or invalidated slot: exit 4; a busy one: retried).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import pytest
 from psycopg import pq, sql
 
 from cdc_replicator.demo.localpg import LocalPostgres, PgBinaries, find_binaries
+from cdc_replicator.errors import PositionMismatch, SlotInUse, SlotInvalidated
+from cdc_replicator.model import Lsn
+from cdc_replicator.source.replication import ReplicationConnection
 from tests.support.cli import refusal
 from tests.support.daemon import run_cli, write_config
 from tests.support.pg import PgDatabase, create_test_database, drop_test_database
@@ -240,6 +244,54 @@ def a_role_that_pg_hba_rejects(db: PgDatabase, tmp_path: Path) -> None:
     assert "pg_hba.conf" in hint and "password" in hint
 
 
+def start_replication_keeps_its_meanings(db: PgDatabase) -> None:
+    """START_REPLICATION's codes that need the slot's catalog row: busy, dropped, invalidated."""
+    options = {"proto_version": "1", "publication_names": '"none"'}
+    first, second = ReplicationConnection(db.dsn), ReplicationConnection(db.dsn)
+    try:
+        first.create_slot(SLOT, export_snapshot=False)
+        first.start(SLOT, Lsn.ZERO, options)
+        with pytest.raises(SlotInUse) as busy:  # 55006
+            second.start(SLOT, Lsn.ZERO, options)
+        assert busy.value.retryable and busy.value.exit_code == SOURCE_ERROR
+    finally:
+        first.close()
+    wait_until(
+        lambda: not db.query("select active from pg_replication_slots where slot_name = %s", (SLOT,))[0][0],
+        timeout=10,
+        message="the slot stayed active",
+    )
+    _invalidate(db)
+    with pytest.raises(SlotInvalidated) as lost:  # 55000, and the catalog says lost
+        second.start(SLOT, Lsn.ZERO, options)
+    assert lost.value.exit_code == 4 and "snapshot" in lost.value.hint
+    db.execute("select pg_drop_replication_slot(%s)", (SLOT,))
+    with pytest.raises(PositionMismatch) as dropped:  # 42704, and the catalog has no such slot
+        second.start(SLOT, Lsn.ZERO, options)
+    assert dropped.value.exit_code == 4 and "snapshot" in dropped.value.hint
+    second.close()
+
+
+def _invalidate(db: PgDatabase) -> None:
+    """Make the idle slot lose WAL it needs (max_slot_wal_keep_size, then new segments, a checkpoint)."""
+    db.execute("create table filler (id bigint, pad text)")
+    db.execute("alter system set max_slot_wal_keep_size = '1MB'")
+    db.execute("select pg_reload_conf()")
+    try:
+
+        def lost() -> bool:
+            db.execute("insert into filler select g, repeat('x', 200) from generate_series(1, 5000) g")
+            db.execute("select pg_switch_wal()")
+            db.execute("checkpoint")
+            rows = db.query("select wal_status from pg_replication_slots where slot_name = %s", (SLOT,))
+            return rows[0][0] == "lost"
+
+        wait_until(lost, timeout=30, interval=0.1, message="the slot was not invalidated")
+    finally:
+        db.execute("alter system reset max_slot_wal_keep_size")
+        db.execute("select pg_reload_conf()")
+
+
 # ---- on an English server ------------------------------------------------------------------------
 
 
@@ -279,6 +331,12 @@ def test_a_role_that_pg_hba_rejects_stops_with_exit_3_and_names_pg_hba(
     a_role_that_pg_hba_rejects(database(english), tmp_path)
 
 
+def test_start_replication_on_a_busy_an_invalidated_and_a_dropped_slot_keeps_each_meaning(
+    english: LocalPostgres, database: Callable[[LocalPostgres], PgDatabase]
+) -> None:
+    start_replication_keeps_its_meanings(database(english))
+
+
 # ---- the same on a server that speaks German -----------------------------------------------------
 
 
@@ -316,3 +374,9 @@ def test_german_a_role_that_pg_hba_rejects_stops_the_same_way(
     german: LocalPostgres, database: Callable[[LocalPostgres], PgDatabase], tmp_path: Path
 ) -> None:
     a_role_that_pg_hba_rejects(database(german), tmp_path)
+
+
+def test_german_start_replication_on_a_busy_an_invalidated_and_a_dropped_slot_keeps_each_meaning(
+    german: LocalPostgres, database: Callable[[LocalPostgres], PgDatabase]
+) -> None:
+    start_replication_keeps_its_meanings(database(german))
