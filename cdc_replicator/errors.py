@@ -4,9 +4,9 @@ PostgreSQL's errors are told apart by SQLSTATE, never by their text (a server wi
 ``lc_messages`` words them differently): ``SQLSTATE_RULES`` maps a code, or its two-character
 class, to the error type, whether waiting can heal it and the fix; ``from_sqlstate`` applies it.
 Only what can heal by waiting is retried: a lost connection (class 08, or no SQLSTATE at all: a
-dropped socket), the server shutting down or starting (57P01-57P03), too many connections
-(53300), the slot held by another process (55006), a lock or a conflict (55P03, 40001, 40P01), a
-cancelled statement (57014). Everything else stops with exit 3 (4 for a slot that needs a
+dropped socket), the server shutting down, starting or ending the session (class 57 but 57P04,
+database dropped; 57014 is a cancelled statement), too many connections (53300), the slot held
+by another process (55006), a lock or a conflict (55P03, 40001, 40P01). Everything else stops with exit 3 (4 for a slot that needs a
 re-sync) and its fix. Pure: no I/O, no driver; ``source/pgerrors.py`` reads the SQLSTATE.
 """
 
