@@ -33,7 +33,6 @@ from dataclasses import dataclass, field, replace
 import psycopg
 from psycopg import sql
 
-from cdc_replicator.errors import SourceError
 from cdc_replicator.model import (
     Lsn,
     Op,
@@ -45,7 +44,7 @@ from cdc_replicator.model import (
     Truncate,
     Value,
 )
-from cdc_replicator.source import checks
+from cdc_replicator.source import checks, pgerrors
 from cdc_replicator.source.decoding import MESSAGE_PREFIX
 from cdc_replicator.source.snapshot import key_type_names, output_text
 from cdc_replicator.store.state import ResyncRecord, StateStore
@@ -312,9 +311,8 @@ class Resyncer:
             _emit(conn, {"op": "hw", **payload})
         except psycopg.Error as exc:
             self.close()
-            raise SourceError(
-                f"live re-sync of {schema.table}: reading chunk {no} failed: {str(exc).strip()}",
-                retryable=True,
+            raise pgerrors.from_exception(
+                exc, context=f"live re-sync of {schema.table}: reading chunk {no} failed"
             ) from exc
         kpos = schema.key_positions
         data: dict[tuple[Value, ...], tuple[Value, ...]] = {}

@@ -14,7 +14,8 @@ from psycopg import sql
 
 from cdc_replicator.errors import MissingKey, SourceError, WalLevelNotLogical
 from cdc_replicator.model import Column, ColumnSelection, Lsn, TableId, TableSchema
-from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
+from cdc_replicator.source import pgerrors
+from cdc_replicator.source.replication import SESSION_OPTIONS
 from cdc_replicator.types import resolve_domains
 
 __all__ = [
@@ -49,8 +50,10 @@ def connect(
             options=SESSION_OPTIONS,
             application_name="cdc-replicator",
         )
-    except psycopg.OperationalError as exc:
-        raise classify_error(str(exc), context="cannot connect to the source database") from exc
+    except psycopg.Error as exc:  # an unparsable dsn too: libpq's ping says so
+        raise pgerrors.connect_error(
+            dsn, exc, context="cannot connect to the source database", connect_timeout=connect_timeout
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,7 @@ def _fqn(table: TableId) -> sql.Composable:
     return sql.Identifier(table.schema, table.name)
 
 
+@pgerrors.translated("checking the source failed")
 def preflight(
     conn: psycopg.Connection[tuple[object, ...]],
     tables: Sequence[TableId],
@@ -166,6 +170,7 @@ def standby_checks(conn: psycopg.Connection[tuple[object, ...]], version: int) -
         )
 
 
+@pgerrors.translated("reading a table's layout failed")
 def read_schema(conn: psycopg.Connection[tuple[object, ...]], table: TableId) -> TableSchema:
     """The table's published columns and merge key, from the catalog."""
     row = conn.execute(
@@ -213,6 +218,7 @@ def read_schema(conn: psycopg.Connection[tuple[object, ...]], table: TableId) ->
     return resolve_domains(TableSchema(table, columns, replident), load_domains(conn))
 
 
+@pgerrors.translated("reading the domains of the source failed")
 def load_domains(conn: psycopg.Connection[tuple[object, ...]]) -> dict[int, tuple[int, int]]:
     """Every domain of the database: its OID → (base type OID, type modifier), chains followed.
 
@@ -233,6 +239,7 @@ def load_domains(conn: psycopg.Connection[tuple[object, ...]]) -> dict[int, tupl
     return resolved
 
 
+@pgerrors.translated("checking the publication failed")
 def ensure_publication(
     conn: psycopg.Connection[tuple[object, ...]],
     name: str,
@@ -276,9 +283,10 @@ def ensure_publication(
         try:
             conn.execute(stmt)
         except psycopg.Error as exc:
-            raise SourceError(
-                f"cannot create publication {name!r}: {str(exc).strip()}",
-                hint=f"run as the tables' owner: {stmt.as_string(conn)};",
+            raise pgerrors.from_exception(
+                exc,
+                context=f"cannot create publication {name!r}",
+                fixes={"42501": f"run as the tables' owner: {stmt.as_string(conn)};"},
             ) from exc
         logger.info("publication created publication=%s tables=%d", name, len(tables))
         return
@@ -344,6 +352,7 @@ def _warn_published_extra_columns(
             )
 
 
+@pgerrors.translated("reading the replication slot failed")
 def slot_info(conn: psycopg.Connection[tuple[object, ...]], slot: str) -> SlotInfo | None:
     row = conn.execute(
         "select slot_name, plugin, database, active_pid, confirmed_flush_lsn::text, restart_lsn::text, "
@@ -366,6 +375,7 @@ def slot_info(conn: psycopg.Connection[tuple[object, ...]], slot: str) -> SlotIn
     )
 
 
+@pgerrors.translated("dropping the replication slot failed")
 def drop_slot(conn: psycopg.Connection[tuple[object, ...]], slot: str) -> None:
     """Drop the slot if it exists (terminating a walsender that still holds it)."""
     info = slot_info(conn, slot)

@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from cdc_replicator.errors import SourceError
+from cdc_replicator.source import pgerrors
 from cdc_replicator.source.checks import drop_slot, slot_info
 
 __all__ = ["apply_source_migrations", "heartbeat_table", "pending_source_migrations", "teardown"]
@@ -64,10 +65,13 @@ def apply_source_migrations(conn: psycopg.Connection[tuple[object, ...]], direct
                     "insert into cdc_replicator.schema_migrations (version) values (%s)", (path.stem,)
                 )
         except psycopg.Error as exc:
-            raise SourceError(
-                f"source migration {path.stem} failed: {str(exc).strip().splitlines()[0]}",
-                hint=f"the role needs CREATE on the database; or apply {path} as an admin, then "
-                "run: cdc-replicator --config FILE migrate",
+            raise pgerrors.from_exception(
+                exc,
+                context=f"source migration {path.stem} failed",
+                fixes={
+                    "42501": f"the role needs CREATE on the database; or apply {path} as an admin, then "
+                    "run: cdc-replicator --config FILE migrate"
+                },
             ) from exc
         applied.append(path.stem)
         logger.info("source migration applied version=%s", path.stem)

@@ -20,14 +20,14 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cdc_replicator.errors import (
+    SLOT_STATE_SQLSTATES,
     DecodeError,
-    PositionMismatch,
-    SlotInUse,
-    SlotInvalidated,
     SourceError,
-    SourceUnavailable,
+    from_sqlstate,
+    replication_start_error,
 )
 from cdc_replicator.model import Lsn
+from cdc_replicator.source import pgerrors
 
 __all__ = [
     "SESSION_OPTIONS",
@@ -36,7 +36,6 @@ __all__ = [
     "ReplicationConnection",
     "SystemIdentity",
     "XLogData",
-    "classify_error",
     "quote_ident",
 ]
 
@@ -105,48 +104,6 @@ def _quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def classify_error(message: str, *, context: str) -> SourceError:
-    """Map a server or libpq error text to the error class that says what to do about it."""
-    lines = message.strip().splitlines()
-    text = lines[0].strip() if lines else ""  # libpq adds indented advice lines; the first says what
-    low = message.lower()
-    if "is active for pid" in low:
-        return SlotInUse(
-            f"{context}: {text}",
-            hint="another process streams from this slot; stop the other cdc-replicator "
-            "(or consumer) first. The daemon retries until the slot is free.",
-        )
-    if "can no longer get changes" in low or "this slot has been invalidated" in low:
-        return SlotInvalidated(
-            f"{context}: the replication slot was invalidated and the WAL it needed is gone: {text}",
-            hint="every table must be re-synced: cdc-replicator --config FILE snapshot "
-            "(it recreates the slot and reloads the tables)",
-        )
-    if "replication slot" in low and "does not exist" in low:
-        return PositionMismatch(
-            f"{context}: {text}",
-            hint="the slot was dropped while the daemon ran; re-sync with: cdc-replicator --config FILE snapshot",
-        )
-    auth = (
-        "password authentication failed",
-        "no pg_hba.conf entry",
-        "permission denied",
-        "must be superuser",
-    )
-    if any(a in low for a in auth) or ("role" in low and "does not exist" in low):
-        return SourceError(
-            f"{context}: {text}",
-            hint="the role needs LOGIN and REPLICATION (ALTER ROLE <role> WITH REPLICATION) and a pg_hba.conf "
-            "line allowing 'replication' connections; give the password via PGPASSWORD or PGPASSFILE",
-        )
-    if "database" in low and "does not exist" in low:
-        return SourceError(f"{context}: {text}", hint="check the database name in source.dsn")
-    return SourceUnavailable(
-        f"{context}: {text or 'connection lost'}",
-        hint="check that PostgreSQL is running and reachable at source.dsn; the daemon retries",
-    )
-
-
 class ReplicationConnection:
     """A ``replication=database`` connection. Not thread-safe: one owner thread."""
 
@@ -162,10 +119,12 @@ class ReplicationConnection:
         )
         self._pgconn = pq.PGconn.connect(conninfo.encode())
         if self._pgconn.status != pq.ConnStatus.OK:
-            msg = self._pgconn.get_error_message() if hasattr(self._pgconn, "get_error_message") else ""
-            msg = msg or self._pgconn.error_message.decode(errors="replace")
-            self._pgconn.finish()
-            raise classify_error(msg, context="cannot open a replication connection")
+            try:
+                raise pgerrors.connect_error(
+                    conninfo, self._pgconn, context="cannot open a replication connection"
+                )
+            finally:
+                self._pgconn.finish()
         self._streaming = False
 
     # ---- commands -----------------------------------------------------------------------
@@ -173,8 +132,9 @@ class ReplicationConnection:
     def _command(self, sql: str) -> pq.abc.PGresult:
         res = self._pgconn.exec_(sql.encode())
         if res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
-            msg = (res.error_message or self._pgconn.error_message).decode(errors="replace")
-            raise classify_error(msg, context=f"replication command {sql.split()[0]} failed")
+            raise pgerrors.from_result(
+                res, self._pgconn.error_message, context=f"replication command {sql.split()[0]} failed"
+            )
         return res
 
     def _command_within(self, sql: str, timeout: float, *, waiting_for: str) -> pq.abc.PGresult:
@@ -183,7 +143,7 @@ class ReplicationConnection:
         try:
             conn.send_query(sql.encode())
         except psycopg.OperationalError as exc:
-            raise classify_error(str(exc), context=f"{sql.split()[0]} failed") from exc
+            raise pgerrors.from_exception(exc, context=f"{sql.split()[0]} failed") from exc
         deadline = time.monotonic() + timeout
         while conn.is_busy():
             left = deadline - time.monotonic()
@@ -210,10 +170,9 @@ class ReplicationConnection:
         while conn.get_result() is not None:
             pass
         if res is None or res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
-            msg = ((res.error_message if res is not None else b"") or conn.error_message).decode(
-                errors="replace"
+            raise pgerrors.from_result(
+                res, conn.error_message, context=f"replication command {sql.split()[0]} failed"
             )
-            raise classify_error(msg, context=f"replication command {sql.split()[0]} failed")
         return res
 
     @staticmethod
@@ -255,12 +214,42 @@ class ReplicationConnection:
         """START_REPLICATION; afterwards only ``read`` and ``send_status`` may be used."""
         opts = ", ".join(f"{quote_ident(k)} {_quote_literal(v)}" for k, v in options.items())
         sql = f"START_REPLICATION SLOT {quote_ident(slot)} LOGICAL {start} ({opts})"
-        self._pgconn.send_query(sql.encode())
+        try:
+            self._pgconn.send_query(sql.encode())
+        except psycopg.OperationalError as exc:
+            raise pgerrors.from_exception(exc, context=f"cannot stream from slot {slot!r}") from exc
         res = self._pgconn.get_result()
         if res is None or res.status != pq.ExecStatus.COPY_BOTH:
-            msg = (res.error_message if res is not None else b"") or self._pgconn.error_message
-            raise classify_error(msg.decode(errors="replace"), context=f"cannot stream from slot {slot!r}")
+            raise self._start_error(slot, res)
         self._streaming = True
+
+    def _start_error(self, slot: str, res: pq.abc.PGresult | None) -> SourceError:
+        """Why START_REPLICATION failed: by SQLSTATE and, for the codes that need it, the slot's row."""
+        err = pgerrors.from_result(
+            res, self._pgconn.error_message, context=f"cannot stream from slot {slot!r}"
+        )
+        while self._pgconn.get_result() is not None:  # the connection is idle again: it can run SQL
+            pass
+        if err.sqlstate not in SLOT_STATE_SQLSTATES or self._pgconn.status != pq.ConnStatus.OK:
+            return err
+        # a logical walsender runs simple SQL, without bind parameters: the name is a quoted literal
+        query = (
+            "select wal_status, to_jsonb(s) ->> 'conflicting', to_jsonb(s) ->> 'invalidation_reason' "  # noqa: S608
+            f"from pg_replication_slots s where slot_name = {_quote_literal(slot)}"
+        )
+        row = self._pgconn.exec_(query.encode())
+        if row.status != pq.ExecStatus.TUPLES_OK:
+            return err
+        exists = row.ntuples > 0
+        lost = exists and (
+            self._text(row, 0, 0) == "lost"
+            or self._text(row, 0, 1) == "true"
+            or self._text(row, 0, 2) is not None
+        )
+        message = (res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"") if res is not None else b""
+        return replication_start_error(
+            err.sqlstate, message.decode(errors="replace"), slot=slot, exists=exists, lost=lost
+        )
 
     # ---- the COPY BOTH stream -------------------------------------------------------------
 
@@ -282,19 +271,16 @@ class ReplicationConnection:
             # -1: the server ended the COPY; -2: error
             self._streaming = False
             res = self._pgconn.get_result()
-            msg = b""
-            if res is not None and res.error_message:
-                msg = res.error_message
-            msg = msg or self._pgconn.error_message
-            raise classify_error(
-                msg.decode(errors="replace") or "the server ended replication", context="stream"
-            )
+            if res is None or res.status != pq.ExecStatus.FATAL_ERROR:  # no error: the server ended it
+                text = self._pgconn.error_message.decode(errors="replace") or "the server ended replication"
+                raise from_sqlstate(None, text, context="stream")
+            raise pgerrors.from_result(res, self._pgconn.error_message, context="stream")
 
     def _consume(self) -> None:
         try:
             self._pgconn.consume_input()
         except psycopg.OperationalError as exc:
-            raise classify_error(str(exc), context="stream") from exc
+            raise pgerrors.from_exception(exc, context="stream") from exc
 
     @staticmethod
     def _frame(buf: memoryview) -> XLogData | PrimaryKeepalive:
@@ -319,11 +305,9 @@ class ReplicationConnection:
         msg = _STATUS.pack(b"r", write.value, flush.value, apply.value, now, 1 if reply else 0)
         try:
             if self._pgconn.put_copy_data(msg) != 1 or self._pgconn.flush() != 0:
-                raise classify_error(
-                    self._pgconn.error_message.decode(errors="replace"), context="send status"
-                )
+                raise pgerrors.from_result(None, self._pgconn.error_message, context="send status")
         except psycopg.OperationalError as exc:
-            raise classify_error(str(exc), context="send status") from exc
+            raise pgerrors.from_exception(exc, context="send status") from exc
 
     def close(self) -> None:
         """End the stream (best effort) and close the connection."""

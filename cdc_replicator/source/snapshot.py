@@ -18,7 +18,8 @@ from psycopg.conninfo import make_conninfo
 
 from cdc_replicator.errors import SourceError
 from cdc_replicator.model import KeyRange, TableSchema
-from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
+from cdc_replicator.source import pgerrors
+from cdc_replicator.source.replication import SESSION_OPTIONS
 
 __all__ = [
     "CHUNKABLE_KEY_TYPES",
@@ -119,10 +120,19 @@ def copy_table(
                     ),
                 )
                 yield from reader
-    except psycopg.OperationalError as exc:
-        raise classify_error(str(exc), context=f"copy of {schema.table} failed") from exc
     except psycopg.Error as exc:
-        raise SourceError(f"copy of {schema.table} failed: {str(exc).strip()}") from exc
+        raise pgerrors.from_exception(
+            exc, context=f"copy of {schema.table} failed", fixes=_read_fix(schema)
+        ) from exc
+
+
+def _read_fix(schema: TableSchema) -> dict[str, str]:
+    """The fix for a role that may not read the table (42501: the table or its schema)."""
+    t = schema.table
+    return {
+        "42501": f"grant the role in source.dsn: grant usage on schema {sql.Identifier(t.schema).as_string(None)} "
+        f"to <role>; grant select on {sql.Identifier(t.schema, t.name).as_string(None)} to <role>;"
+    }
 
 
 # Types whose ``::text`` cast is their output function (an I/O conversion cast): cheaper on the
@@ -147,27 +157,34 @@ def output_text(column: str, type_oid: int = 0) -> sql.Composable:
     """A column as its type's output function prints it: the form pgoutput and COPY send.
 
     ``col::text`` is not that for every type (char(n) loses its padding, inet gains a netmask,
-    boolean becomes 'true'); ``format('%s', col)`` calls the output function. NULL stays NULL.
+    boolean becomes 'true'); ``format('%s', col)`` calls the output function. NULL stays NULL,
+    and only NULL: ``is not distinct from null`` tests the value itself, where ``is null`` on a
+    composite tests its fields (``ROW(NULL, NULL) IS NULL`` is true, yet it is the value ``(,)``).
     For the types of ``TEXT_CAST_IS_OUTPUT`` the cast is the same function, and cheaper.
     """
     ident = sql.Identifier(column)
     if type_oid in TEXT_CAST_IS_OUTPUT:
         return sql.SQL("{}::text").format(ident)
-    return sql.SQL("case when {} is null then null else format('%s', {}) end").format(ident, ident)
+    return sql.SQL("case when {} is not distinct from null then null else format('%s', {}) end").format(
+        ident, ident
+    )
 
 
 def estimate_rows(conn: psycopg.Connection[tuple[object, ...]], schema: TableSchema) -> tuple[int, int]:
     """(estimated rows, heap pages) from the planner's statistics; counts when never analyzed."""
-    row = conn.execute(
-        "select c.reltuples::bigint, c.relpages::bigint from pg_class c "
-        "join pg_namespace n on n.oid = c.relnamespace where n.nspname = %s and c.relname = %s",
-        (schema.table.schema, schema.table.name),
-    ).fetchone()
-    rows, pages = (int(str(row[0])), int(str(row[1]))) if row is not None else (-1, 0)
-    if rows < 0:  # never vacuumed/analyzed (or partitioned): count
-        q = sql.SQL("select count(*) from {}").format(sql.Identifier(schema.table.schema, schema.table.name))
-        counted = conn.execute(q).fetchone()
-        rows = int(str(counted[0])) if counted is not None else 0
+    with pgerrors.translated(f"estimating the size of {schema.table} failed", fixes=_read_fix(schema)):
+        row = conn.execute(
+            "select c.reltuples::bigint, c.relpages::bigint from pg_class c "
+            "join pg_namespace n on n.oid = c.relnamespace where n.nspname = %s and c.relname = %s",
+            (schema.table.schema, schema.table.name),
+        ).fetchone()
+        rows, pages = (int(str(row[0])), int(str(row[1]))) if row is not None else (-1, 0)
+        if rows < 0:  # never vacuumed/analyzed (or partitioned): count
+            q = sql.SQL("select count(*) from {}").format(
+                sql.Identifier(schema.table.schema, schema.table.name)
+            )
+            counted = conn.execute(q).fetchone()
+            rows = int(str(counted[0])) if counted is not None else 0
     return rows, pages
 
 
@@ -209,7 +226,8 @@ def plan_ranges(
     q = sql.SQL("select {} from {} tablesample bernoulli ({}) order by {}").format(
         cols, sql.Identifier(schema.table.schema, schema.table.name), sql.Literal(percent), order
     )
-    sample = [tuple(str(v) for v in r) for r in conn.execute(q).fetchall()]
+    with pgerrors.translated(f"sampling the keys of {schema.table} failed", fixes=_read_fix(schema)):
+        sample = [tuple(str(v) for v in r) for r in conn.execute(q).fetchall()]
     if len(sample) < 2:
         return [KeyRange()]
     bounds: list[tuple[str, ...]] = []
@@ -255,10 +273,11 @@ def range_condition(schema: TableSchema, key_types: dict[str, str], r: KeyRange)
 def key_type_names(conn: psycopg.Connection[tuple[object, ...]], schema: TableSchema) -> dict[str, str]:
     """``format_type`` of each key column (catalog output, used to cast range literals)."""
     out: dict[str, str] = {}
-    for c in schema.columns:
-        if c.is_key:
-            row = conn.execute("select format_type(%s, %s)", (c.type_oid, c.type_modifier)).fetchone()
-            out[c.name] = str(row[0]) if row is not None else "text"
+    with pgerrors.translated(f"reading the key types of {schema.table} failed"):
+        for c in schema.columns:
+            if c.is_key:
+                row = conn.execute("select format_type(%s, %s)", (c.type_oid, c.type_modifier)).fetchone()
+                out[c.name] = str(row[0]) if row is not None else "text"
     return out
 
 
@@ -309,14 +328,20 @@ def copy_table_arrow(
     )
     conninfo = make_conninfo(dsn, options=SESSION_OPTIONS, application_name="cdc-replicator snapshot")
     try:
-        with adbc.connect(conninfo) as conn, conn.cursor() as cur:
+        conn = adbc.connect(conninfo)
+    except adbc_driver_manager.Error as exc:
+        raise pgerrors.connect_error(
+            conninfo, exc, context=f"copy of {schema.table}: cannot connect"
+        ) from exc
+    try:
+        with conn, conn.cursor() as cur:
             cur.execute("set transaction isolation level repeatable read, read only")
             if snapshot is not None:
                 cur.execute(f"set transaction snapshot '{snapshot}'")
             cur.execute(query.as_string(None))
             yield from cur.fetch_record_batch()
             conn.rollback()
-    except adbc_driver_manager.OperationalError as exc:
-        raise classify_error(str(exc), context=f"copy of {schema.table} failed") from exc
     except adbc_driver_manager.Error as exc:
-        raise SourceError(f"copy of {schema.table} failed: {str(exc).strip().splitlines()[0]}") from exc
+        raise pgerrors.from_exception(
+            exc, context=f"copy of {schema.table} failed", fixes=_read_fix(schema)
+        ) from exc

@@ -39,8 +39,9 @@ from cdc_replicator.model import (
     WatermarkTable,
     XidSnapshot,
 )
+from cdc_replicator.source import pgerrors
 from cdc_replicator.source.checks import read_schema
-from cdc_replicator.source.replication import SESSION_OPTIONS, classify_error
+from cdc_replicator.source.replication import SESSION_OPTIONS
 from cdc_replicator.source.snapshot import TEXT_CAST_IS_OUTPUT
 
 __all__ = ["RECONCILE_DELETE_KEY_OIDS", "WatermarkSource"]
@@ -73,6 +74,7 @@ class WatermarkSource:
 
     def __init__(self, dsn: str, *, connect_timeout: float = 10.0, statement_timeout: float = 60.0) -> None:
         self._dsn = dsn
+        self._connect_timeout = connect_timeout
         self._timeout = statement_timeout
         self._engine: Engine = sa.create_engine(
             "postgresql+psycopg://",
@@ -95,12 +97,16 @@ class WatermarkSource:
         try:
             return self._engine.connect()
         except DBAPIError as exc:
-            raise classify_error(
-                str(exc.orig or exc), context="cannot connect to the source database"
+            raise pgerrors.connect_error(
+                self._dsn,
+                exc,
+                context="cannot connect to the source database",
+                connect_timeout=self._connect_timeout,
             ) from exc
 
     # -- set-up ---------------------------------------------------------------------------------
 
+    @pgerrors.translated("reading the table's schema failed")
     def describe(self, table: TableId, cursor: Sequence[str], delete_column: str) -> TableSchema:
         """The table's schema; checks that it has a primary key and the named columns exist."""
         with self._connect() as conn:
@@ -141,9 +147,14 @@ class WatermarkSource:
         return schema
 
     def is_replica(self) -> bool:
-        with self._connect() as conn:
-            value = conn.execute(sa.select(sa.func.pg_is_in_recovery())).scalar_one()
-            conn.rollback()
+        try:
+            with self._connect() as conn:
+                value = conn.execute(sa.select(sa.func.pg_is_in_recovery())).scalar_one()
+                conn.rollback()
+        except DBAPIError as exc:
+            raise pgerrors.from_exception(
+                exc, context="asking whether the source is a replica failed"
+            ) from exc
         return bool(value)
 
     # -- polling --------------------------------------------------------------------------------
@@ -186,7 +197,7 @@ class WatermarkSource:
                 )
                 conn.rollback()
         except DBAPIError as exc:
-            raise classify_error(str(exc.orig or exc), context=f"polling {t.schema.table} failed") from exc
+            raise pgerrors.from_exception(exc, context=f"polling {t.schema.table} failed") from exc
         except SQLAlchemyError as exc:
             raise SourceError(f"polling {t.schema.table} failed: {exc}", retryable=True) from exc
 
@@ -214,7 +225,7 @@ class WatermarkSource:
         cols = [tbl.c[k].collate("C") if oids[k] in _TEXT_OIDS else tbl.c[k] for k in key]
         query = sa.select(*[sa.func.format("%s", tbl.c[k]).label(k) for k in key]).select_from(tbl)
         if t.delete_column:  # rows marked deleted are not in Delta (or marked there): not "missing"
-            query = query.where(tbl.c[t.delete_column].is_(None))
+            query = query.where(tbl.c[t.delete_column].is_not_distinct_from(None))  # the value, as in polls
         if lo is not None:
             bound = [
                 sa.cast(sa.bindparam(f"k{i}", v, type_=sa.Text), _PgType(types[k]))
@@ -236,9 +247,7 @@ class WatermarkSource:
                 rows = conn.execute(query).fetchall()
                 conn.rollback()
         except DBAPIError as exc:
-            raise classify_error(
-                str(exc.orig or exc), context=f"reading keys of {t.schema.table} failed"
-            ) from exc
+            raise pgerrors.from_exception(exc, context=f"reading keys of {t.schema.table} failed") from exc
         return [tuple(str(v) for v in r) for r in rows]
 
     def rows_by_key(
@@ -269,9 +278,12 @@ class WatermarkSource:
                 sa.cast(sa.literal(v, sa.Text), _PgType(types[c])) for c, v in zip(t.order, upto, strict=True)
             ]
             query = query.where(sa.tuple_(*[tbl.c[c] for c in t.order]) <= sa.tuple_(*bound))
-        with self._connect() as conn:
-            rows = conn.execute(query).fetchall()
-            conn.rollback()
+        try:
+            with self._connect() as conn:
+                rows = conn.execute(query).fetchall()
+                conn.rollback()
+        except DBAPIError as exc:
+            raise pgerrors.from_exception(exc, context=f"reading rows of {t.schema.table} failed") from exc
         columns = list(zip(*rows, strict=True)) if rows else [() for _ in t.schema.column_names]
         arrays = {
             name: pa.array(list(columns[i]), pa.string()).cast(pa.binary())
@@ -336,7 +348,11 @@ class WatermarkSource:
 
 
 def _text_of(col: sa.ColumnClause[Any], type_oid: int) -> sa.ColumnElement[Any]:
-    """The column as its type's output function prints it (what the stream and the loads read)."""
+    """The column as its type's output function prints it (what the stream and the loads read).
+
+    NULL only for NULL: ``is not distinct from null`` tests the value, ``is null`` a composite's
+    fields (``ROW(NULL, NULL) IS NULL`` is true; the value is ``(,)``).
+    """
     if type_oid in TEXT_CAST_IS_OUTPUT:
         return sa.cast(col, sa.Text)
-    return sa.case((col.is_(None), None), else_=sa.func.format("%s", col))
+    return sa.case((col.is_not_distinct_from(None), None), else_=sa.func.format("%s", col))

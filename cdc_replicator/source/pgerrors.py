@@ -1,0 +1,169 @@
+"""Read the SQLSTATE of a psycopg, libpq or ADBC failure and raise what ``errors.SQLSTATE_RULES`` says.
+
+Never the message text: it is shown to the operator, in the server's ``lc_messages``, and never read.
+
+A failed *query* carries the server's SQLSTATE (``psycopg.Error.sqlstate``, ADBC's ``sqlstate``,
+``psycopg.errors.error_from_result`` for a walsender's PGresult). Without one, the server sent no
+error: a PEP 249 ``OperationalError`` is a lost connection (retried), any other driver error is a
+client-side bug (not retried).
+
+A failed *connection attempt* carries no SQLSTATE: libpq keeps the server's code to itself
+(psycopg's ``OperationalError`` has ``sqlstate`` None and a finished ``pgconn``; a PGresult made
+after the failure holds only the text). So a failed connect is decided by what libpq does say:
+
+- ``pgconn.needs_password``: the server asks for a password and none was given: stop (exit 3).
+- ``PQping`` of the same conninfo: NO_RESPONSE (nothing listens, the host is unreachable) and
+  REJECT (57P03: the server is starting up, shutting down or recovering) are retried;
+  NO_ATTEMPT (the conninfo is invalid) stops.
+- ping OK: the server accepts connections but refused this one: a wrong password (28P01), no
+  pg_hba.conf line (28000), an unknown role or database (3D000), no REPLICATION for the
+  walsender (42501), or, reported the same way, a full server (53300). One more connection
+  attempt tells a refusal from a server that just came up: if it connects, the failure was
+  transient (retried); if not, the daemon stops with exit 3 and the list of fixes (under systemd
+  ``Restart=on-failure`` starts it again, so a full server is retried at the unit's pace).
+
+Client-side refusals without a server answer (``sslmode=require`` against a server without SSL,
+``require_auth``, an unreadable certificate) look to libpq's ping like an unreachable server:
+they are retried, with libpq's message in every retry's log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import make_conninfo
+
+from cdc_replicator.errors import AuthenticationFailed, SourceError, from_sqlstate
+
+__all__ = ["connect_error", "from_exception", "from_result", "sqlstate_of", "translated"]
+
+_REFUSED = (
+    "the server runs but refused this connection (see its message): check the role and its password "
+    "(PGPASSWORD or PGPASSFILE), a pg_hba.conf line that allows it, the database name, and that the "
+    "role has LOGIN and REPLICATION (alter role <role> with login replication;); a server with too many "
+    "clients needs a higher max_connections / max_wal_senders"
+)
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own error: SQLAlchemy's ``DBAPIError`` wraps it in ``orig``."""
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, BaseException) else exc
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The five-character SQLSTATE a psycopg, ADBC or SQLAlchemy error carries; None without one."""
+    code = getattr(_driver_error(exc), "sqlstate", None)
+    return code.upper() if isinstance(code, str) and len(code) == 5 else None
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        return exc.diag.message_primary
+    return str(exc)
+
+
+def _is_operational(exc: BaseException) -> bool:
+    """PEP 249's OperationalError (psycopg's, ADBC's): the database connection failed."""
+    return any(cls.__name__ == "OperationalError" for cls in type(exc).__mro__)
+
+
+def from_exception(
+    exc: BaseException, *, context: str, fixes: Mapping[str, str] | None = None
+) -> SourceError:
+    """The error for a driver exception (psycopg, ADBC, SQLAlchemy's ``DBAPIError``), by SQLSTATE."""
+    inner = _driver_error(exc)
+    code = sqlstate_of(inner)
+    if code is None and not _is_operational(inner):
+        return SourceError(
+            f"{context}: {type(inner).__name__}: {_message(inner).strip()}",
+            hint="the database driver refused this without asking the server: a bug, please report it",
+        )
+    return from_sqlstate(code, _message(inner), context=context, fixes=fixes)
+
+
+def from_result(res: pq.abc.PGresult | None, fallback: bytes, *, context: str) -> SourceError:
+    """The error for a failed command's PGresult; None, or a result libpq made up: no SQLSTATE.
+
+    ``fallback`` is the connection's error text, for when no result came.
+    """
+    if res is None or not res.error_field(pq.DiagnosticField.SQLSTATE):
+        text = (res.error_message if res is not None else b"") or fallback
+        return from_sqlstate(None, text.decode(errors="replace"), context=context)
+    return from_exception(psycopg.errors.error_from_result(res), context=context)
+
+
+def connect_error(
+    dsn: str,
+    failure: BaseException | pq.abc.PGconn,
+    *,
+    context: str,
+    connect_timeout: float | None = None,
+) -> SourceError:
+    """The error for a connection attempt to ``dsn`` that failed: ``failure`` is psycopg's (or
+    ADBC's, or SQLAlchemy's) exception or libpq's failed PGconn (still open: ``needs_password``
+    is read from it). ``connect_timeout`` bounds the ping and the second attempt.
+
+    See the module docstring for what is retried and why.
+    """
+    if isinstance(failure, BaseException):
+        code = sqlstate_of(failure)
+        inner = _driver_error(failure)
+        message = _message(inner)
+        pgconn = getattr(inner, "pgconn", None)
+        needs_password = bool(getattr(pgconn, "needs_password", False))
+    else:
+        code = None
+        message = failure.error_message.decode(errors="replace")
+        needs_password = failure.needs_password
+    if code is not None:
+        return from_sqlstate(code, message, context=context)
+    text = message.strip().splitlines()[0] if message.strip() else "connection failed"
+    if needs_password:
+        return AuthenticationFailed(
+            f"{context}: {text}",
+            hint="the server asks for a password and none was given: set it in PGPASSWORD or PGPASSFILE",
+        )
+    conninfo = _with_timeout(dsn, connect_timeout)
+    answer = pq.PGconn.ping(conninfo.encode())
+    if answer == pq.Ping.NO_ATTEMPT:
+        return SourceError(
+            f"{context}: {text}",
+            hint="source.dsn is not a valid connection string: see "
+            "https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNSTRING",
+        )
+    if answer == pq.Ping.REJECT:
+        return from_sqlstate("57P03", message, context=context)
+    if answer == pq.Ping.OK and not _connects(conninfo):
+        return AuthenticationFailed(f"{context}: {text}", hint=_REFUSED)
+    return from_sqlstate(None, message, context=context)  # unreachable, or it came up meanwhile
+
+
+def _with_timeout(dsn: str, seconds: float | None) -> str:
+    if seconds is None:
+        return dsn
+    try:
+        return make_conninfo(dsn, connect_timeout=str(max(1, int(seconds))))
+    except psycopg.ProgrammingError:
+        return dsn  # not a connection string: the ping says so
+
+
+def _connects(conninfo: str) -> bool:
+    """One more connection attempt (closed at once): True when it succeeds."""
+    conn = pq.PGconn.connect(conninfo.encode())
+    try:
+        return conn.status == pq.ConnStatus.OK
+    finally:
+        conn.finish()
+
+
+@contextmanager
+def translated(context: str, *, fixes: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Inside it, a psycopg error is raised as the error its SQLSTATE says (``from_exception``)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise from_exception(exc, context=context, fixes=fixes) from exc
