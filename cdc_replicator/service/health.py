@@ -196,7 +196,8 @@ class HealthState:
                 if isinstance(t.committed, Lsn):
                     entry["committed_lsn"] = str(t.committed)
                 elif isinstance(t.committed, WatermarkPosition):
-                    entry["committed_seq"] = t.committed.seq
+                    # the field /readyz has always had: a polled table's commit sequence number, in LSN form
+                    entry["committed_lsn"] = str(Lsn(t.committed.seq))
                 tables[str(tid)] = entry
             bad = [name for name, e in tables.items() if e["state"] in _NOT_READY_TABLE]
             if bad:

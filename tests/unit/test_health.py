@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from cdc_replicator.model import Lsn, TableId
+from cdc_replicator.model import Lsn, TableId, WatermarkPosition
 from cdc_replicator.service.health import HealthState, Phase, TableState
 
 ORDERS = TableId("public", "orders")
@@ -91,6 +91,12 @@ def test_a_paused_table_makes_the_daemon_not_ready_and_names_the_table_and_why()
         "committed_lsn": "0/16B3748",
     }
     assert r.body["tables"]["public.orders"]["ready"] is True
+
+
+def test_a_polled_table_reports_its_commit_sequence_number_where_a_logical_one_reports_its_lsn() -> None:
+    h = streaming_health()
+    h.set_committed(ORDERS, WatermarkPosition(("2026-01-01", "7"), (), 0x16B3748))
+    assert h.readiness().body["tables"]["public.orders"]["committed_lsn"] == "0/16B3748"
 
 
 def test_lag_is_the_age_of_the_oldest_unapplied_transaction_and_zero_when_all_is_applied() -> None:
