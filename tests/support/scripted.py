@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from cdc_replicator.model import Begin, Commit, Lsn, RelationChanged, SourceEvent, TableSchema
 from tests.support.events import FakeClock
 
-__all__ = ["Call", "Idle", "ScriptedSource", "expected_rows"]
+__all__ = ["Call", "Idle", "Item", "ScriptedSource"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,23 +117,3 @@ def _replayed(script: Sequence[Item], start: Lsn) -> list[Item]:
             out.append(item)
     assert txn is None, "the script ends inside a transaction"
     return out
-
-
-def expected_rows(
-    script: Sequence[Item], key: Callable[[tuple[object, ...]], tuple[object, ...]], table: object
-) -> dict[tuple[object, ...], tuple[object, ...]]:
-    """What ``table`` holds after every change of ``script`` (insert/update set the row, delete removes it)."""
-    from cdc_replicator.model import Op, RowChange
-
-    rows: dict[tuple[object, ...], tuple[object, ...]] = {}
-    for item in script:
-        if isinstance(item, RowChange) and item.table == table:
-            if item.op is Op.DELETE:
-                assert item.old is not None
-                rows.pop(key(item.old), None)
-            else:
-                assert item.new is not None
-                if item.old is not None:
-                    rows.pop(key(item.old), None)
-                rows[key(item.new)] = item.new
-    return rows
