@@ -148,10 +148,8 @@ class ReplicationConnection:
         while conn.is_busy():
             left = deadline - time.monotonic()
             if left <= 0:
-                conn.get_cancel().cancel()
-                while conn.get_result() is not None:
-                    pass
                 in_recovery = conn.parameter_status(b"in_hot_standby") == b"on"
+                self._cancel(within=max(5.0, timeout))
                 raise SourceError(
                     f"gave up waiting for {waiting_for} after {timeout:.0f}s",
                     hint=(
@@ -174,6 +172,28 @@ class ReplicationConnection:
                 res, conn.error_message, context=f"replication command {sql.split()[0]} failed"
             )
         return res
+
+    def _cancel(self, *, within: float) -> None:
+        """Cancel the running command and take its results; a server that does not end it within
+        ``within`` seconds loses the connection instead (never wait on a cancel forever)."""
+        conn = self._pgconn
+        conn.get_cancel().cancel()
+        deadline = time.monotonic() + within
+        try:
+            while True:
+                while not conn.is_busy():
+                    if conn.get_result() is None:
+                        return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                select.select([conn.socket], [], [], min(left, 1.0))
+                conn.consume_input()
+        except psycopg.OperationalError:
+            pass
+        logger.warning("the server did not end a cancelled replication command within %.0fs: closing", within)
+        self._streaming = False
+        conn.finish()
 
     @staticmethod
     def _text(res: pq.abc.PGresult, row: int, col: int) -> str | None:

@@ -45,7 +45,26 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 
 def _drop_standby_slots(standby: Cluster, dbname: str) -> None:
+    """Drop the test database's slots on the standby once their walsenders are gone.
+
+    A walsender whose slot creation the daemon gave up on may still be waiting (a PostgreSQL 16
+    standby does not take a cancel there until the primary's transaction ends): end it first.
+    """
     with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+        conn.execute(
+            "select pg_terminate_backend(active_pid) from pg_replication_slots"
+            " where database = %s and active_pid is not null",
+            (dbname,),
+        )
+        wait_until(
+            lambda: (
+                not conn.execute(
+                    "select 1 from pg_replication_slots where database = %s and active", (dbname,)
+                ).fetchall()
+            ),
+            timeout=30,
+            message=f"replication slots of {dbname} still active on the standby",
+        )
         for (slot,) in conn.execute(
             "select slot_name from pg_replication_slots where database = %s", (dbname,)
         ).fetchall():
