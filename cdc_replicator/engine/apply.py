@@ -2,9 +2,10 @@
 
 A merge spends most of its time in delta-rs with the GIL released: while batch n merges, the
 stream loop decodes and batches n+1. Each table of a batch is its own commit with its own
-position, so they merge side by side (a pool of ``parallel`` threads). The applier only applies:
-it returns what was committed (``BatchApplied``), and the loop — the thread that owns the source —
-records and confirms it (``engine.stream``). A failure of any table is raised after every table of
+position, so they merge side by side (a pool of ``parallel`` threads). The applier only applies
+(and reports each table's commit to the metrics): it returns what was committed
+(``BatchApplied``), and the loop — the thread that owns the source — records and confirms it
+(``engine.stream``). A failure of any table is raised after every table of
 the batch has finished, so none is left running behind a retry.
 """
 
@@ -56,13 +57,20 @@ class ApplyFailed(Exception):
 class Applier:
     """Applies batches in order, at most one in flight. ``submit``/``poll``/``wait``/``close``: one thread.
 
-    ``beat`` is called after each table commit (from the worker thread): a long batch still shows
-    progress.
+    ``on_commit`` is called after each table commit, from the worker thread (health beats and the
+    per-table metrics, so that they move with the commit and a long batch still shows progress);
+    it must only observe: what the commit means for the source is decided on the loop's thread.
     """
 
-    def __init__(self, sink: Sink, *, parallel: int = 4, beat: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        parallel: int = 4,
+        on_commit: Callable[[TableApplied, ChangeBatch], None] = lambda _t, _b: None,
+    ) -> None:
         self._sink = sink
-        self._beat = beat
+        self._on_commit = on_commit
         self._batches = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-apply")
         self._tables = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="cdc-merge")
         self._pending: Future[BatchApplied] | None = None
@@ -131,5 +139,6 @@ class Applier:
         t0 = time.monotonic()
         result = self._sink.apply(patch, batch.position, batch_id=batch.batch_id)
         failpoints.hit("after_table_commit")
-        self._beat()
-        return TableApplied(patch.schema.table, result, time.monotonic() - t0)
+        done = TableApplied(patch.schema.table, result, time.monotonic() - t0)
+        self._on_commit(done, batch)
+        return done

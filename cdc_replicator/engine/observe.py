@@ -10,8 +10,8 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cdc_replicator.engine.apply import BatchApplied
-from cdc_replicator.model import Begin, Lsn, TableId, WatermarkPosition
+from cdc_replicator.engine.apply import BatchApplied, TableApplied
+from cdc_replicator.model import Begin, ChangeBatch, Lsn, TableId, WatermarkPosition
 from cdc_replicator.service.health import HealthState
 from cdc_replicator.service.metrics import Metrics
 from cdc_replicator.sink import ApplyResult
@@ -51,9 +51,11 @@ class Observer:
     def txn_received(self, begin: Begin) -> None:
         self.health.txn_received(begin.commit_time, begin.commit_lsn)
 
-    def table_committed(self, table: TableId, result: ApplyResult | None, seconds: float, at: Lsn) -> None:
-        """One table's commit (``result`` None: it already held it)."""
-        self.health.set_committed(table, at)
+    def table_committed(self, done: TableApplied, batch: ChangeBatch) -> None:
+        """One table's commit of ``batch`` (called from the applier's worker thread)."""
+        self.health.beat()
+        table, result, seconds = done.table, done.result, done.seconds
+        self.health.set_committed(table, batch.end)
         m = self.metrics
         if m is None or result is None:
             return

@@ -277,7 +277,7 @@ class Replicator:
                 start=start,
                 clock=time.monotonic,
             ),
-            applier=Applier(self._sink, parallel=_MERGE_THREADS, beat=self._health.beat),
+            applier=Applier(self._sink, parallel=_MERGE_THREADS, on_commit=self._obs.table_committed),
             checkpointer=checkpointer,
             schemas=schema_follower,
             record_applied=lambda lsn: self._state.record_applied(self._slot, lsn),

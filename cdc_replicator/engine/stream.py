@@ -193,7 +193,6 @@ class StreamLoop:
         batch = done.batch
         for t in done.tables:
             self._ck.committed(batch.batch_id, t.table, batch.position)
-            self._obs.table_committed(t.table, t.result, t.seconds, batch.end)
         self._batcher.adapt(done.seconds)  # the next batch's time limit follows merge cost
         if self._resync is not None:
             self._resync.committed(batch.end)

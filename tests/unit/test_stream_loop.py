@@ -98,14 +98,15 @@ class Rig:
         self.source = ScriptedSource(
             script, stop=stop, clock=clock, start=start, relations=(SA, SB), on_confirm=self.check_durable
         )
+        observer = Observer(HealthState((A, B)))
         loop = StreamLoop(
             source=self.source,
             batcher=Batcher(LIMITS, {}, positions, start=start, clock=clock),
-            applier=Applier(self.sink, parallel=2),
+            applier=Applier(self.sink, parallel=2, on_commit=observer.table_committed),
             checkpointer=ck,
             schemas=follower,
             record_applied=lambda lsn: self.state.record_applied(SLOT, lsn),
-            observer=Observer(HealthState((A, B))),
+            observer=observer,
             stop=stop,
         )
         loop.run()
