@@ -170,7 +170,6 @@ class Checkpointer:
         self._done = confirmed  # end of the last batch that, with all before it, is committed
         self._in_flight: deque[_InFlight] = deque()
         self._pauses: dict[TableId, Pause] = {}
-        self._positions: dict[TableId, TablePosition] = {}
 
     # ---- pauses ------------------------------------------------------------------------------
 
@@ -192,22 +191,13 @@ class Checkpointer:
             raise ValueError(f"batch {batch.batch_id} submitted after batch {self._in_flight[-1].batch_id}")
         self._in_flight.append(_InFlight(batch.batch_id, batch.end, set(batch.tables)))
 
-    def committed(self, batch_id: int, table: TableId, position: TablePosition) -> None:
-        """``table``'s commit of batch ``batch_id`` is durable; it holds ``position``."""
+    def committed(self, batch_id: int, table: TableId) -> None:
+        """``table``'s commit of batch ``batch_id`` (data and position together) is durable."""
         for f in self._in_flight:
             if f.batch_id == batch_id:
                 f.waiting.discard(table)
-                self._positions[table] = position
                 return
         raise ValueError(f"batch {batch_id} is not in flight")
-
-    @property
-    def in_flight(self) -> bool:
-        return bool(self._in_flight)
-
-    def position(self, table: TableId) -> TablePosition | None:
-        """The last position ``table`` committed in this run (None: none yet)."""
-        return self._positions.get(table)
 
     # ---- what may be confirmed -------------------------------------------------------------------
 

@@ -173,7 +173,7 @@ class StreamLoop:
             done = self._applier.wait()
         except ApplyFailed as failed:
             for t in failed.committed:
-                self._ck.committed(failed.batch.batch_id, t.table, failed.batch.position)
+                self._ck.committed(failed.batch.batch_id, t.table)
             self._confirm(self._ck.flushable())  # the checkpointer alone decides: nothing of this batch
             raise failed.error  # noqa: B904 - the table's own error (and its cause) is the one to report
         if done is not None:
@@ -192,7 +192,7 @@ class StreamLoop:
         started = time.monotonic()
         batch = done.batch
         for t in done.tables:
-            self._ck.committed(batch.batch_id, t.table, batch.position)
+            self._ck.committed(batch.batch_id, t.table)
         self._batcher.adapt(done.seconds)  # the next batch's time limit follows merge cost
         if self._resync is not None:
             self._resync.committed(batch.end)

@@ -321,10 +321,10 @@ def test_a_batch_may_be_confirmed_once_every_table_it_touched_has_committed() ->
     ck = Checkpointer(lsn("0/100"))
     ck.submitted(batch(1, "0/200", ORDERS, ITEMS))
 
-    ck.committed(1, ORDERS, TablePosition(lsn("0/200")))
+    ck.committed(1, ORDERS)
     assert ck.flushable() is None  # items still merging
 
-    ck.committed(1, ITEMS, TablePosition(lsn("0/200")))
+    ck.committed(1, ITEMS)
     assert ck.flushable() == lsn("0/200")
 
 
@@ -333,17 +333,17 @@ def test_a_batch_confirms_only_after_every_earlier_batch_committed() -> None:
     ck.submitted(batch(1, "0/200", ORDERS))
     ck.submitted(batch(2, "0/300", ITEMS))
 
-    ck.committed(2, ITEMS, TablePosition(lsn("0/300")))
+    ck.committed(2, ITEMS)
     assert ck.flushable() is None
 
-    ck.committed(1, ORDERS, TablePosition(lsn("0/200")))
+    ck.committed(1, ORDERS)
     assert ck.flushable() == lsn("0/300")
 
 
 def test_a_table_the_batch_did_not_touch_never_holds_the_confirm_back() -> None:
     ck = Checkpointer(lsn("0/100"))
     ck.submitted(batch(1, "0/200", ORDERS))  # items has nothing pending
-    ck.committed(1, ORDERS, TablePosition(lsn("0/200")))
+    ck.committed(1, ORDERS)
 
     assert ck.flushable() == lsn("0/200")
 
@@ -352,7 +352,7 @@ def test_a_pause_caps_what_may_be_confirmed_and_idle_confirms_too() -> None:
     ck = Checkpointer(lsn("0/100"))
     ck.pause(ITEMS, lsn("0/180"), "schema change")
     ck.submitted(batch(1, "0/200", ORDERS))
-    ck.committed(1, ORDERS, TablePosition(lsn("0/200")))
+    ck.committed(1, ORDERS)
 
     assert ck.flushable() == lsn("0/180")
     ck.confirmed(lsn("0/180"))
@@ -365,7 +365,7 @@ def test_an_idle_confirm_waits_for_the_batch_in_flight_and_nothing_moves_back() 
     ck.submitted(batch(1, "0/600", ORDERS))
     assert ck.idle(lsn("0/700")) is None
 
-    ck.committed(1, ORDERS, TablePosition(lsn("0/600")))
+    ck.committed(1, ORDERS)
     assert ck.flushable() == lsn("0/600")
     ck.confirmed(lsn("0/600"))
     assert ck.idle(lsn("0/700")) == lsn("0/700")
