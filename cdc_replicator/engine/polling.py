@@ -191,23 +191,26 @@ class PollingLoop:
         self._record(schema.table, WatermarkPosition())
 
     def _start_position(self, wt: WatermarkTable) -> WatermarkPosition:
-        """The table's watermark from its newest Delta commit (else the state store's copy); create the table."""
+        """The table's watermark from its newest Delta commit (else the state store's copy); create the table.
+
+        Sequence numbers continue above what the table's log holds, whichever copy is used.
+        """
         table = wt.schema.table
         if not self._sink.exists(table):
             self._begin(wt.schema)
             return WatermarkPosition()
-        held = self._sink.watermark(table) or WatermarkPosition()
-        if held.read is not None or held.pending:
+        held = self._sink.watermark(table)
+        if held is not None:
             return held
+        floor = self._sink.watermark_seq(table)
         saved = self._state.table_statuses(self._slot).get(str(table))
         copy = saved.position if saved is not None else None
-        if isinstance(copy, WatermarkPosition) and (copy.read is not None or copy.pending):
-            return WatermarkPosition(copy.read, copy.pending, max(copy.seq, held.seq))
-        if held.seq:
-            logger.warning(
-                "no watermark found for %s: reading the whole table again (merges make that safe)", table
-            )
-        return held
+        if isinstance(copy, WatermarkPosition):
+            return WatermarkPosition(copy.read, copy.pending, max(copy.seq, floor))
+        logger.warning(
+            "no watermark found for %s: reading the whole table again (merges make that safe)", table
+        )
+        return WatermarkPosition(seq=floor)
 
     # ---- the loop ------------------------------------------------------------------------------------
 

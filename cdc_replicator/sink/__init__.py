@@ -62,7 +62,12 @@ class OffsetStore(Protocol):
         ...
 
     def watermark(self, table: TableId) -> WatermarkPosition | None:
-        """The watermark of a polled ``table`` (watermark mode); None: nothing read yet or no table."""
+        """The watermark of a polled ``table`` (watermark mode), from the newest commit that carries
+        one; None: no such commit (no table, or none among the recent commits)."""
+        ...
+
+    def watermark_seq(self, table: TableId) -> int:
+        """A polled table's last commit sequence number (0: none); new commits must go above it."""
         ...
 
 

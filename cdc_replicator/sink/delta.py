@@ -31,7 +31,13 @@ from cdc_replicator.model import (
 )
 from cdc_replicator.sink import ApplyResult, ChunkWritten
 from cdc_replicator.sink.merge import merge, rows_at
-from cdc_replicator.sink.offsets import app_id, commit_properties, read_position, read_watermark
+from cdc_replicator.sink.offsets import (
+    app_id,
+    commit_properties,
+    read_position,
+    read_sequence,
+    read_watermark,
+)
 from cdc_replicator.sink.plan import (
     moved_keys,
     plan_merge,
@@ -112,6 +118,11 @@ class DeltaSink:
         """A polled table's watermark, from its newest commit that carries one."""
         dt = self._open(table)
         return None if dt is None else read_watermark(dt, self.app_id(table))
+
+    def watermark_seq(self, table: TableId) -> int:
+        """A polled table's last commit sequence number (0: none)."""
+        dt = self._open(table)
+        return 0 if dt is None else read_sequence(dt, self.app_id(table))
 
     def exists(self, table: TableId) -> bool:
         return self._open(table) is not None
@@ -314,7 +325,7 @@ class DeltaSink:
                 hint="it is created by the initial load; re-sync with: cdc-replicator --config FILE snapshot",
             )
         if isinstance(position, WatermarkPosition):
-            if (dt.transaction_version(self.app_id(table)) or 0) >= position.seq:
+            if read_sequence(dt, self.app_id(table)) >= position.seq:
                 return None
         else:
             held = self.position(table)

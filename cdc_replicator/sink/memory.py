@@ -80,6 +80,10 @@ class MemorySink:
             t = self._tables.get(table)
             return t.position if t is not None and isinstance(t.position, WatermarkPosition) else None
 
+    def watermark_seq(self, table: TableId) -> int:
+        wm = self.watermark(table)
+        return 0 if wm is None else wm.seq
+
     # ---- Sink -------------------------------------------------------------------------------------
 
     def exists(self, table: TableId) -> bool:

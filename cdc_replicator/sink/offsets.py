@@ -20,7 +20,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction
 
 from cdc_replicator.model import Lsn, PartialTxn, Position, TablePosition, WatermarkPosition
 
-__all__ = ["WATERMARK_KEY", "app_id", "commit_properties", "read_position", "read_watermark"]
+__all__ = ["WATERMARK_KEY", "app_id", "commit_properties", "read_position", "read_sequence", "read_watermark"]
 
 WATERMARK_KEY = "cdc.watermark"
 _HISTORY_DEPTH = 200  # commits searched for the newest watermark
@@ -59,16 +59,18 @@ def read_position(dt: DeltaTable, app: str) -> TablePosition | None:
 
 
 def read_watermark(dt: DeltaTable, app: str) -> WatermarkPosition | None:
-    """The watermark in the newest commit that carries one, its ``seq`` never below the log's txn.
-
-    When no recent commit carries one (e.g. many maintenance commits since), the txn alone gives
-    the sequence number and nothing read: the caller decides where to read from.
-    """
-    held = dt.transaction_version(app) or 0
+    """The watermark in the newest commit that carries one (its ``seq`` never below the log's txn);
+    None when no recent commit carries one (e.g. many maintenance commits since)."""
     text = next(
         (v for entry in dt.history(_HISTORY_DEPTH) if isinstance(v := entry.get(WATERMARK_KEY), str)), None
     )
     if text is None:
-        return WatermarkPosition(seq=held) if held else None
+        return None
     wm = WatermarkPosition.from_json(text)
+    held = read_sequence(dt, app)
     return wm if wm.seq >= held else WatermarkPosition(wm.read, wm.pending, held)
+
+
+def read_sequence(dt: DeltaTable, app: str) -> int:
+    """A polled table's last commit sequence number, from the log's txn (0: none): survives checkpoints."""
+    return dt.transaction_version(app) or 0
