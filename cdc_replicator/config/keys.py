@@ -9,7 +9,8 @@ The field gives the key's name, type and default (a field without a default is a
 environment variable is derived from section and key: ``CDC_REPLICATOR_<SECTION>__<KEY>``. The root
 dataclass (``Config``) names the sections: a dataclass field is a ``[section]``, a tuple of one is an
 array of ``[[section]]`` entries. Loading, environment overrides, ``repr`` and the test that
-config/example.toml documents every key all read these declarations, so nothing repeats a key name.
+config/example.toml documents every key all read these declarations; only the rules that tie
+several keys together (``load.py``) name keys again.
 """
 
 from __future__ import annotations

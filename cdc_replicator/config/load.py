@@ -17,7 +17,8 @@ Environment overrides (values are strings, parsed to the key's type and validate
   resulting list, e.g. ``CDC_REPLICATOR_TABLES__0__SOFT_DELETE=true``.
 
 Any other variable that starts with ``CDC_REPLICATOR_`` is an error (typo protection), except
-``CDC_REPLICATOR_CONFIG``, the config file path read by the command line.
+``CDC_REPLICATOR_CONFIG`` (the config file path read by the command line) and
+``CDC_REPLICATOR_MIGRATIONS`` (a directory of migrations, for packagers).
 
 Paths: a relative ``target.uri`` and a relative sqlite path in ``state.url`` are kept as given and
 so resolve against the working directory of the process, not the directory of the config file.

@@ -196,6 +196,7 @@ class StreamLoop:
         self._batcher.adapt(done.seconds)  # the next batch's time limit follows merge cost
         if self._resync is not None:
             self._resync.committed(batch.end)
+        failpoints.hit("before_confirm")  # every table of the batch committed, nothing confirmed yet
         self._confirm(self._ck.flushable())
         self._obs.batch_applied(done, done.seconds + time.monotonic() - started)
 
@@ -203,7 +204,6 @@ class StreamLoop:
         """Record ``lsn`` in the state store, then confirm it to the source."""
         if lsn is None:
             return
-        failpoints.hit("before_confirm")
         self._record_applied(lsn)
         self._source.confirm(lsn)
         self._ck.confirmed(lsn)

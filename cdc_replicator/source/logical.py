@@ -75,8 +75,7 @@ class LogicalSource:
             self._queue = queue.Queue(maxsize=queue_chunks)
             self._stop = threading.Event()
             self._shared_flush = ctypes.c_uint64(start.value)
-        self._lock = threading.Lock()
-        self._flush = start
+        self._flush = start  # what the caller confirmed; only the caller's thread touches it
         self._spill_root = Path(tempfile.mkdtemp(prefix="cdc-spill-", dir=spill_dir))
         self._reader = Reader(
             dsn,
@@ -165,15 +164,10 @@ class LogicalSource:
         return None
 
     def confirm(self, upto: Lsn) -> None:
-        with self._lock:
-            if upto > self._flush:
-                self._flush = upto
-                self._shared_flush.value = upto.value
-
-    @property
-    def confirmed(self) -> Lsn:
-        with self._lock:
-            return self._flush
+        """Called from the thread that owns the source (the Source contract); the reader reads the word."""
+        if upto > self._flush:
+            self._flush = upto
+            self._shared_flush.value = upto.value
 
     def close(self) -> None:
         self._stop.set()

@@ -7,8 +7,8 @@ the queue is full it keeps sending status, so a slow Delta merge never makes the
 connection.
 
 Streamed in-progress transactions (protocol 2) are spilled to disk per transaction as raw
-messages and replayed as one ordinary transaction when their Stream Commit arrives; aborted
-subtransactions are dropped at replay. Memory stays bounded whatever the transaction size.
+messages and replayed as one ordinary transaction when their Stream Commit arrives; an aborted
+subtransaction's messages are cut from the spill file when its Stream Abort arrives. Memory stays bounded whatever the transaction size.
 
 :class:`~cdc_replicator.source.logical.LogicalSource` hosts the reader in a thread, or in a child
 process started with ``spawn`` whose entry point is :func:`reader_process`: the reader is pickled

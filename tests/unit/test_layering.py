@@ -1,4 +1,4 @@
-"""Imports point one way (see ARCHITECTURE.md): checked on the AST of every module of the package.
+"""Imports point one way (see the README's Layout section): checked on the AST of every module of the package.
 
 A failure names the importing module, the line and the import, e.g.
 ``cdc_replicator.sink.delta:12 imports cdc_replicator.source.checks``.
