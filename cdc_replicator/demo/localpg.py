@@ -391,7 +391,8 @@ class LocalPostgres:
         path.write_text(text)
         self._chown(path)
 
-    def _start_server(self) -> None:
+    def _start_server(self, *, same_port: bool = False) -> None:
+        """``pg_ctl start``; a port taken meanwhile is swapped for a free one unless ``same_port``."""
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             offset = self._log_size()
             result = self._run(
@@ -404,7 +405,7 @@ class LocalPostgres:
                 _LIVE.add(self)
                 return
             port_taken = "could not bind" in self._log_since(offset)
-            if port_taken and attempt < _PORT_ATTEMPTS:
+            if port_taken and attempt < _PORT_ATTEMPTS and not same_port:
                 logger.info("port taken, retrying port=%d", self._port)
                 self._port = free_port()
                 self._write_config()
@@ -458,11 +459,20 @@ class LocalPostgres:
         return self._postmaster_pid() is not None
 
     def _kill_postmaster(self) -> None:
-        """SIGKILL the postmaster, cleanup's last resort (its children exit once they see it gone)."""
+        """SIGKILL the server, cleanup's last resort, and wait (bounded) until the postmaster is gone.
+
+        pg_ctl starts the postmaster in a session of its own, so its backends share its process
+        group: one ``killpg`` ends them all (a plain kill of the postmaster is the fallback).
+        """
         pid = self._postmaster_pid()
         if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + self._timeout
+            while self._server_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
         self._mark_stopped()
 
     def _mark_stopped(self) -> None:

@@ -36,7 +36,7 @@ class Cluster(LocalPostgres):
         """Start the existing cluster after ``stop()`` or ``kill()`` (crash recovery runs if killed)."""
         if self.running:
             raise RuntimeError(f"{self!r} is already running")
-        self._start_server()  # raises RuntimeError for a cluster that was never started
+        self._start_server(same_port=True)  # raises RuntimeError for a cluster that was never started
 
     def restart(self) -> None:
         """A fast shutdown, then a start of the same data directory on the same port."""
