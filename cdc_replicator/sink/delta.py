@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Field, QueryBuilder, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from cdc_replicator.errors import SinkError
+from cdc_replicator.errors import ReplicatorError, SinkError
 from cdc_replicator.model import (
     KeyRange,
     Lsn,
@@ -189,8 +189,18 @@ class DeltaSink:
         if soft:
             constants.append(pa.scalar(False, pa.bool_()))
 
+        source_failed: list[ReplicatorError] = []  # the reader's own error, not delta-rs' wrapping of it
+
         def typed() -> Iterator[pa.RecordBatch]:
-            for chunk in batches:
+            chunks = iter(batches)
+            while True:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    return
+                except ReplicatorError as exc:
+                    source_failed.append(exc)
+                    raise
                 n = chunk.num_rows
                 if n == 0:
                     continue
@@ -227,6 +237,8 @@ class DeltaSink:
                 file_size=self._file_size,
             )
         except (DeltaError, OSError) as exc:
+            if source_failed:  # reading failed, not writing: the source's error says what to do
+                raise source_failed[0]  # noqa: B904 - its own cause chain is the one to show
             raise SinkError(
                 f"writing a chunk of {table} to {self.uri(table)} failed: {exc}", retryable=True
             ) from exc

@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from cdc_replicator.errors import SourceError
+from cdc_replicator.errors import SourceError, SourceUnavailable
 from cdc_replicator.model import KeyRange, TableSchema
 from cdc_replicator.source import pgerrors
 from cdc_replicator.source.replication import SESSION_OPTIONS
@@ -339,7 +339,21 @@ def copy_table_arrow(
             if snapshot is not None:
                 cur.execute(f"set transaction snapshot '{snapshot}'")
             cur.execute(query.as_string(None))
-            yield from cur.fetch_record_batch()
+            reader = cur.fetch_record_batch()
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except (OSError, pa.ArrowException) as exc:
+                    # the driver's reader reports a broken stream as an Arrow error, without the
+                    # server's code: what ends a COPY midway (a lost connection, a terminated
+                    # backend, a recovery conflict on a replica) heals by reading the chunk again
+                    raise SourceUnavailable(
+                        f"copy of {schema.table} failed while streaming: {str(exc).strip().splitlines()[0]}",
+                        hint="the chunk is read again; check the source if this repeats",
+                    ) from exc
+                yield batch
             conn.rollback()
     except adbc_driver_manager.Error as exc:
         raise pgerrors.from_exception(
