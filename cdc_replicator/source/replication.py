@@ -130,7 +130,12 @@ class ReplicationConnection:
     # ---- commands -----------------------------------------------------------------------
 
     def _command(self, sql: str) -> pq.abc.PGresult:
-        res = self._pgconn.exec_(sql.encode())
+        try:
+            res = self._pgconn.exec_(sql.encode())
+        except psycopg.OperationalError as exc:  # the connection broke: no result to read
+            raise pgerrors.from_exception(
+                exc, context=f"replication command {sql.split()[0]} failed"
+            ) from exc
         if res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
             raise pgerrors.from_result(
                 res, self._pgconn.error_message, context=f"replication command {sql.split()[0]} failed"
@@ -144,6 +149,24 @@ class ReplicationConnection:
             conn.send_query(sql.encode())
         except psycopg.OperationalError as exc:
             raise pgerrors.from_exception(exc, context=f"{sql.split()[0]} failed") from exc
+        try:
+            self._wait_for(sql, timeout, waiting_for=waiting_for)
+            res = conn.get_result()
+            while conn.get_result() is not None:
+                pass
+        except psycopg.OperationalError as exc:  # the connection broke while we waited
+            raise pgerrors.from_exception(
+                exc, context=f"replication command {sql.split()[0]} failed"
+            ) from exc
+        if res is None or res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+            raise pgerrors.from_result(
+                res, conn.error_message, context=f"replication command {sql.split()[0]} failed"
+            )
+        return res
+
+    def _wait_for(self, sql: str, timeout: float, *, waiting_for: str) -> None:
+        """Until the command's result is in; past ``timeout`` seconds cancel it and give up."""
+        conn = self._pgconn
         deadline = time.monotonic() + timeout
         while conn.is_busy():
             left = deadline - time.monotonic()
@@ -164,22 +187,14 @@ class ReplicationConnection:
                 )
             select.select([conn.socket], [], [], min(left, 1.0))
             conn.consume_input()
-        res = conn.get_result()
-        while conn.get_result() is not None:
-            pass
-        if res is None or res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
-            raise pgerrors.from_result(
-                res, conn.error_message, context=f"replication command {sql.split()[0]} failed"
-            )
-        return res
 
     def _cancel(self, *, within: float) -> None:
         """Cancel the running command and take its results; a server that does not end it within
         ``within`` seconds loses the connection instead (never wait on a cancel forever)."""
         conn = self._pgconn
-        conn.get_cancel().cancel()
         deadline = time.monotonic() + within
         try:
+            conn.get_cancel().cancel()
             while True:
                 while not conn.is_busy():
                     if conn.get_result() is None:
@@ -257,7 +272,10 @@ class ReplicationConnection:
             "select wal_status, to_jsonb(s) ->> 'conflicting', to_jsonb(s) ->> 'invalidation_reason' "  # noqa: S608
             f"from pg_replication_slots s where slot_name = {_quote_literal(slot)}"
         )
-        row = self._pgconn.exec_(query.encode())
+        try:
+            row = self._pgconn.exec_(query.encode())
+        except psycopg.OperationalError:
+            return err  # the connection broke: the error START_REPLICATION gave is all there is
         if row.status != pq.ExecStatus.TUPLES_OK:
             return err
         exists = row.ntuples > 0
@@ -277,14 +295,18 @@ class ReplicationConnection:
         """Return the next frame, or None when nothing arrived within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            n, data = self._pgconn.get_copy_data(1)
+            try:
+                n, data = self._pgconn.get_copy_data(1)
+            except psycopg.OperationalError as exc:  # psycopg raises on libpq's -2 itself
+                self._streaming = False
+                raise pgerrors.from_exception(exc, context="stream") from exc
             if n > 0:
                 return self._frame(memoryview(data))
             if n == 0:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
-                readable, _, _ = select.select([self._pgconn.socket], [], [], left)
+                readable, _, _ = select.select([self._socket()], [], [], left)
                 if readable:
                     self._consume()
                 continue
@@ -295,6 +317,12 @@ class ReplicationConnection:
                 text = self._pgconn.error_message.decode(errors="replace") or "the server ended replication"
                 raise from_sqlstate(None, text, context="stream")
             raise pgerrors.from_result(res, self._pgconn.error_message, context="stream")
+
+    def _socket(self) -> int:
+        try:
+            return self._pgconn.socket
+        except psycopg.OperationalError as exc:  # the connection is gone
+            raise pgerrors.from_exception(exc, context="stream") from exc
 
     def _consume(self) -> None:
         try:
