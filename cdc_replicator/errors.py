@@ -5,9 +5,10 @@ PostgreSQL's errors are told apart by SQLSTATE, never by their text (a server wi
 class, to the error type, whether waiting can heal it and the fix; ``from_sqlstate`` applies it.
 Only what can heal by waiting is retried: a lost connection (class 08, or no SQLSTATE at all: a
 dropped socket), the server shutting down, starting or ending the session (class 57 but 57P04,
-database dropped; 57014 is a cancelled statement), too many connections (53300), the slot held
-by another process (55006), a lock or a conflict (55P03, 40001, 40P01). Everything else stops with exit 3 (4 for a slot that needs a
-re-sync) and its fix. Pure: no I/O, no driver; ``source/pgerrors.py`` reads the SQLSTATE.
+database dropped, and 57014, a cancelled statement: a timeout that would fire again), too many
+connections (53300), the slot held by another process (55006), a lock or a conflict (55P03,
+40001, 40P01), a session ended for idling in a transaction (25P03). Everything else stops with
+exit 3 (4 for a slot that needs a re-sync) and its fix. Pure: no I/O, no driver; ``source/pgerrors.py`` reads the SQLSTATE.
 """
 
 from __future__ import annotations
@@ -178,10 +179,11 @@ SQLSTATE_RULES: tuple[SqlstateRule, ...] = (
     ),
     SqlstateRule(
         "57014",
-        SourceUnavailable,
-        True,
-        "a statement was cancelled (a timeout, or pg_cancel_backend); the daemon retries. If it repeats, "
-        "raise the timeout (watermark.statement_timeout_seconds in watermark mode)",
+        SourceError,
+        False,
+        "a statement was cancelled by a statement timeout or pg_cancel_backend: raise the timeout "
+        "(watermark.statement_timeout_seconds in watermark mode; else the role's or database's setting: "
+        "alter role <role> set statement_timeout = 0), then start again",
     ),
     SqlstateRule(
         "57",
@@ -217,6 +219,14 @@ SQLSTATE_RULES: tuple[SqlstateRule, ...] = (
         "the statement conflicted with another transaction (or with recovery, on a standby); the daemon retries",
     ),
     SqlstateRule("40P01", SourceUnavailable, True, "a deadlock with another session; the daemon retries"),
+    SqlstateRule(
+        "25P03",
+        SourceUnavailable,
+        True,
+        "the server ended a session left idle in a transaction (idle_in_transaction_session_timeout) while "
+        "the daemon wrote to Delta; the daemon retries. If it repeats, raise it for the role: "
+        "alter role <role> set idle_in_transaction_session_timeout = 0",
+    ),
     # ---- waiting does not fix these: stop, exit 3, with the fix
     SqlstateRule(
         "53400",

@@ -19,8 +19,10 @@ after the failure holds only the text). So a failed connect is decided by what l
   pg_hba.conf line (28000), an unknown role or database (3D000), no REPLICATION for the
   walsender (42501), or, reported the same way, a full server (53300). One more connection
   attempt tells a refusal from a server that just came up: if it connects, the failure was
-  transient (retried); if not, the daemon stops with exit 3 and the list of fixes (under systemd
-  ``Restart=on-failure`` starts it again, so a full server is retried at the unit's pace).
+  transient (retried); if it used up ``connect_timeout``, the server or the path is slow
+  (retried, as is psycopg's ``ConnectionTimeout``); if it is refused, the daemon stops with exit 3
+  and the list of fixes (under systemd ``Restart=on-failure`` starts it again, so a full server
+  is retried at the unit's pace: libpq gives no way to tell 53300 from a refusal at connect time).
 
 Client-side refusals without a server answer (``sslmode=require`` against a server without SSL,
 ``require_auth``, an unreadable certificate) look to libpq's ping like an unreachable server:
@@ -29,12 +31,13 @@ they are retried, with libpq's message in every retry's log line.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import psycopg
 from psycopg import pq
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cdc_replicator.errors import AuthenticationFailed, SourceError, from_sqlstate
 
@@ -121,6 +124,8 @@ def connect_error(
         needs_password = failure.needs_password
     if code is not None:
         return from_sqlstate(code, message, context=context)
+    if isinstance(failure, psycopg.errors.ConnectionTimeout):  # no answer in time: a slow or lost path
+        return from_sqlstate(None, message, context=context)
     text = message.strip().splitlines()[0] if message.strip() else "connection failed"
     if needs_password:
         return AuthenticationFailed(
@@ -137,7 +142,7 @@ def connect_error(
         )
     if answer == pq.Ping.REJECT:
         return from_sqlstate("57P03", message, context=context)
-    if answer == pq.Ping.OK and not _connects(conninfo):
+    if answer == pq.Ping.OK and _connects(conninfo, connect_timeout) is False:
         return AuthenticationFailed(f"{context}: {text}", hint=_REFUSED)
     return from_sqlstate(None, message, context=context)  # unreachable, or it came up meanwhile
 
@@ -151,11 +156,19 @@ def _with_timeout(dsn: str, seconds: float | None) -> str:
         return dsn  # not a connection string: the ping says so
 
 
-def _connects(conninfo: str) -> bool:
-    """One more connection attempt (closed at once): True when it succeeds."""
+def _connects(conninfo: str, timeout: float | None) -> bool | None:
+    """One more connection attempt (closed at once): True when it succeeds, False when the server
+    refuses it, None when it used up ``connect_timeout`` (a slow server or path: retried)."""
+    started = time.monotonic()
     conn = pq.PGconn.connect(conninfo.encode())
     try:
-        return conn.status == pq.ConnStatus.OK
+        if conn.status == pq.ConnStatus.OK:
+            return True
+        if timeout is None:  # the connection string's own, when it has one
+            given = conninfo_to_dict(conninfo).get("connect_timeout")
+            timeout = float(str(given)) if given is not None and str(given).isdigit() else None
+        limit = max(1, int(timeout)) if timeout is not None else None
+        return None if limit is not None and time.monotonic() - started >= limit - 0.1 else False
     finally:
         conn.finish()
 

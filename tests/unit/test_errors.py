@@ -12,6 +12,7 @@ import pickle
 import adbc_driver_manager
 import psycopg
 import pytest
+from psycopg import pq
 from sqlalchemy.exc import DBAPIError
 
 from cdc_replicator.errors import (
@@ -44,7 +45,8 @@ CASES = [
     ("57P02", SourceUnavailable, RETRY, 3, "restarting"),  # crash shutdown
     ("57P03", SourceUnavailable, RETRY, 3, "recovering"),  # cannot connect now
     ("57P04", SourceError, STOP, 3, "database was dropped"),
-    ("57014", SourceUnavailable, RETRY, 3, "statement_timeout_seconds"),  # query cancelled
+    ("57014", SourceError, STOP, 3, "statement_timeout = 0"),  # query cancelled: a timeout fires again
+    ("25P03", SourceUnavailable, RETRY, 3, "idle_in_transaction_session_timeout"),  # idle session ended
     ("53300", SourceUnavailable, RETRY, 3, "max_connections"),  # too many connections
     ("55006", SlotInUse, RETRY, 3, "stop the other cdc-replicator"),  # slot active for another PID
     ("55P03", SourceUnavailable, RETRY, 3, "pg_stat_activity"),  # lock not available
@@ -81,7 +83,7 @@ def test_each_sqlstate_maps_to_its_error_type_retry_decision_exit_code_and_fix(
 
 def test_only_what_can_heal_by_waiting_is_retried() -> None:
     retried = {r.code for r in SQLSTATE_RULES if r.retryable}
-    assert retried == {"08", "57014", "57", "53300", "55006", "55P03", "40001", "40P01"}
+    assert retried == {"08", "57", "53300", "55006", "55P03", "40001", "40P01", "25P03"}
     assert NO_SQLSTATE.retryable and not OTHER_SQLSTATE.retryable
 
 
@@ -198,3 +200,19 @@ def test_without_a_sqlstate_a_lost_connection_is_retried_and_a_client_side_error
         psycopg.ProgrammingError("the query has 1 placeholder but 2 parameters"), context="c"
     )
     assert type(bug) is SourceError and not bug.retryable and "bug" in bug.hint
+
+
+def test_a_connection_nothing_answers_is_retried_and_says_to_check_the_server() -> None:
+    conninfo = "host=127.0.0.1 port=1 connect_timeout=2"  # a real libpq attempt: nothing listens there
+    failed = pq.PGconn.connect(conninfo.encode())
+    try:
+        err = pgerrors.connect_error(conninfo, failed, context="cannot connect")
+    finally:
+        failed.finish()
+    assert type(err) is SourceUnavailable and err.retryable
+    assert "reachable at source.dsn" in err.hint
+
+
+def test_a_connection_string_libpq_cannot_parse_stops_and_points_at_the_syntax() -> None:
+    err = pgerrors.connect_error("not a = valid = conninfo", RuntimeError("bad"), context="cannot connect")
+    assert not err.retryable and "libpq-connstring" in err.hint.lower()
