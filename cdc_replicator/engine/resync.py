@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 import psycopg
 from psycopg import sql
 
+from cdc_replicator.errors import ReplicatorError
 from cdc_replicator.model import (
     Lsn,
     Op,
@@ -212,10 +213,28 @@ class Resyncer:
                 table.chunk.rows.pop(tuple(row[i] for i in kpos), None)
 
     def step(self) -> None:
-        """Start the next chunk of every re-sync that has none in flight."""
+        """Start the next chunk of every re-sync that has none in flight.
+
+        A read that waiting can heal is raised (the daemon reconnects and reads the chunk again);
+        any other failure ends only that re-sync, recorded as failed with its fix (the stream and
+        the other tables go on, and a restart does not try it again).
+        """
         for table in list(self._active.values()):
             if table.chunk is None:
-                self._read_chunk(table)
+                try:
+                    self._read_chunk(table)
+                except ReplicatorError as exc:
+                    if exc.retryable:
+                        raise
+                    self._fail(table, exc)
+
+    def _fail(self, table: _Table, exc: ReplicatorError) -> None:
+        del self._active[table.schema.table]
+        # progress of its earlier chunks waiting for their commit must not record it running again
+        self._pending = [(at, r) for at, r in self._pending if r.table != table.schema.table]
+        detail = exc.message + (f" (fix: {exc.hint})" if exc.hint else "")
+        self._state.save_resync(self._slot, table.record("failed", detail))
+        logger.error("live re-sync failed table=%s: %s", table.schema.table, detail)
 
     def committed(self, end: Lsn) -> None:
         """Every transaction ending at or before ``end`` is in Delta: save what they covered."""
@@ -273,7 +292,6 @@ class Resyncer:
 
     def _read_chunk(self, table: _Table) -> None:
         schema = table.schema
-        conn = self._connection()
         no = table.chunks + 1
         key_cols = [c for c in schema.columns if c.is_key]
         keys = sql.SQL(", ").join(
@@ -305,6 +323,7 @@ class Resyncer:
             sql.Literal(self._chunk_rows),
         )
         payload = {"request": table.request, "table": str(schema.table), "chunk": no}
+        conn = self._connection()
         try:
             _emit(conn, {"op": "lw", **payload})
             rows = conn.execute(query).fetchall()
