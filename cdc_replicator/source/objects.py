@@ -47,8 +47,15 @@ def pending_source_migrations(conn: psycopg.Connection[tuple[object, ...]], dire
 
 
 def apply_source_migrations(conn: psycopg.Connection[tuple[object, ...]], directory: Path) -> list[str]:
-    """Apply the pending migrations; return their versions. ``conn`` must be in autocommit mode."""
+    """Apply the pending migrations; return their versions. ``conn`` must be in autocommit mode.
+
+    Nothing pending (e.g. an admin applied them): nothing is run, so a role without CREATE on the
+    database starts fine once the objects exist.
+    """
     applied: list[str] = []
+    with pgerrors.translated("reading the source migrations applied failed"):
+        if not pending_source_migrations(conn, directory):
+            return applied
     for path in _files(directory):
         try:
             with conn.transaction():
