@@ -49,12 +49,11 @@ from cdc_replicator.source import checks, pgerrors
 from cdc_replicator.source.decoding import MESSAGE_PREFIX
 from cdc_replicator.source.snapshot import key_type_names, output_text
 from cdc_replicator.store.state import ResyncRecord, StateStore
+from cdc_replicator.types import TEXT_TYPE_OIDS
 
 __all__ = ["Resyncer", "request_resync"]
 
 logger = logging.getLogger(__name__)
-
-_TEXTUAL = frozenset({25, 1043, 1042, 19})
 
 
 def _emit(conn: psycopg.Connection[tuple[object, ...]], payload: Mapping[str, object]) -> None:
@@ -296,14 +295,14 @@ class Resyncer:
         key_cols = [c for c in schema.columns if c.is_key]
         keys = sql.SQL(", ").join(
             sql.SQL('{} collate "C"').format(sql.Identifier(c.name))
-            if c.type_oid in _TEXTUAL
+            if c.type_oid in TEXT_TYPE_OIDS
             else sql.Identifier(c.name)
             for c in key_cols
         )
         where: sql.Composable = sql.SQL("true")
         if table.next_key is not None:
             lits = sql.SQL(", ").join(
-                sql.SQL('{}::{} collate "C"' if c.type_oid in _TEXTUAL else "{}::{}").format(
+                sql.SQL('{}::{} collate "C"' if c.type_oid in TEXT_TYPE_OIDS else "{}::{}").format(
                     sql.Literal(v), sql.SQL(table.key_types[c.name])
                 )
                 for c, v in zip(key_cols, table.next_key, strict=True)

@@ -20,6 +20,7 @@ from cdc_replicator.errors import SourceError, SourceUnavailable
 from cdc_replicator.model import KeyRange, TableSchema
 from cdc_replicator.source import pgerrors
 from cdc_replicator.source.replication import SESSION_OPTIONS
+from cdc_replicator.types import TEXT_TYPE_OIDS
 
 __all__ = [
     "CHUNKABLE_KEY_TYPES",
@@ -38,7 +39,6 @@ _BLOCK = 8 * 1024 * 1024
 # so a key range means the same rows on both sides: int2/4/8, numeric, text, varchar, bpchar,
 # name, uuid, date. Tables keyed otherwise are copied as one chunk.
 CHUNKABLE_KEY_TYPES = frozenset({21, 23, 20, 1700, 25, 1043, 1042, 19, 2950, 1082})
-_TEXTUAL = frozenset({25, 1043, 1042, 19})
 
 
 class _CopyStream(io.RawIOBase):
@@ -241,7 +241,7 @@ def plan_ranges(
 
 def _key_expr(name: str, type_oid: int) -> sql.Composable:
     ident = sql.Identifier(name)
-    return sql.SQL('{} collate "C"').format(ident) if type_oid in _TEXTUAL else ident
+    return sql.SQL('{} collate "C"').format(ident) if type_oid in TEXT_TYPE_OIDS else ident
 
 
 def range_condition(schema: TableSchema, key_types: dict[str, str], r: KeyRange) -> sql.Composable:
@@ -260,7 +260,7 @@ def range_condition(schema: TableSchema, key_types: dict[str, str], r: KeyRange)
         items = []
         for c, v in zip(key_cols, values, strict=True):
             lit = sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(key_types[c.name]))
-            items.append(sql.SQL('{} collate "C"').format(lit) if c.type_oid in _TEXTUAL else lit)
+            items.append(sql.SQL('{} collate "C"').format(lit) if c.type_oid in TEXT_TYPE_OIDS else lit)
         return sql.SQL("({})").format(sql.SQL(", ").join(items))
 
     if r.lo is not None:

@@ -43,15 +43,15 @@ from cdc_replicator.source import pgerrors
 from cdc_replicator.source.checks import read_schema
 from cdc_replicator.source.replication import SESSION_OPTIONS
 from cdc_replicator.source.snapshot import TEXT_CAST_IS_OUTPUT
+from cdc_replicator.types import TEXT_TYPE_OIDS
 
 __all__ = ["RECONCILE_DELETE_KEY_OIDS", "WatermarkSource"]
 
 logger = logging.getLogger(__name__)
 
 _XID_MOD = 1 << 32
-_TEXT_OIDS = frozenset({25, 1043, 1042, 19})  # text, varchar, char, name
 # key types whose text form is also what the Delta-side comparison reads: deletes are safe for them
-RECONCILE_DELETE_KEY_OIDS = frozenset({20, 21, 23, *_TEXT_OIDS})
+RECONCILE_DELETE_KEY_OIDS = frozenset({20, 21, 23, *TEXT_TYPE_OIDS})
 
 
 # ---- the source ----------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ class WatermarkSource:
         tbl = sa.table(t.schema.table.name, *[sa.column(c) for c in names], schema=t.schema.table.schema)
         oids = {c.name: c.type_oid for c in t.schema.columns}
         # Delta's range reads compare text keys byte-wise: the same order here (COLLATE "C")
-        cols = [tbl.c[k].collate("C") if oids[k] in _TEXT_OIDS else tbl.c[k] for k in key]
+        cols = [tbl.c[k].collate("C") if oids[k] in TEXT_TYPE_OIDS else tbl.c[k] for k in key]
         query = sa.select(*[sa.func.format("%s", tbl.c[k]).label(k) for k in key]).select_from(tbl)
         if t.delete_column:  # rows marked deleted are not in Delta (or marked there): not "missing"
             query = query.where(tbl.c[t.delete_column].is_not_distinct_from(None))  # the value, as in polls
@@ -234,7 +234,10 @@ class WatermarkSource:
             query = query.where(
                 sa.tuple_(*cols)
                 >= sa.tuple_(
-                    *[b.collate("C") if oids[k] in _TEXT_OIDS else b for k, b in zip(key, bound, strict=True)]
+                    *[
+                        b.collate("C") if oids[k] in TEXT_TYPE_OIDS else b
+                        for k, b in zip(key, bound, strict=True)
+                    ]
                 )
             )
         query = query.order_by(*cols).limit(limit)

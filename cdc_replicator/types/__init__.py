@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from cdc_replicator.types.casts import cast_text
 from cdc_replicator.types.registry import (
+    TEXT_TYPE_OIDS,
     TYPES,
     PgType,
     arrow_schema,
@@ -33,6 +34,7 @@ from cdc_replicator.types.registry import (
 )
 
 __all__ = [
+    "TEXT_TYPE_OIDS",
     "TYPES",
     "PgType",
     "arrow_schema",

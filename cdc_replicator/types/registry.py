@@ -29,6 +29,7 @@ from cdc_replicator.types.kernels import (
 )
 
 __all__ = [
+    "TEXT_TYPE_OIDS",
     "TYPES",
     "PgType",
     "arrow_schema",
@@ -37,6 +38,10 @@ __all__ = [
     "resolve_domains",
     "unresolved_types",
 ]
+
+# text-like types (text, varchar, char, name): compared byte-wise (collate "C") wherever key ranges
+# are read, so PostgreSQL and Delta order them the same
+TEXT_TYPE_OIDS: Final = frozenset({25, 1043, 1042, 19})
 
 _VARHDRSZ: Final = 4
 _MAX_DECIMAL128_DIGITS: Final = 38
