@@ -7,7 +7,9 @@ to the server, throttled to ``plan.tps`` transactions per second) and plays a sh
 faults, one per *round*, each after a random stretch of load:
 
 - ``kill``: SIGKILL of the daemon (down for up to a second, then started again), or ``kill-reader``:
-  SIGKILL of its replication reader child only (the daemon must notice and reconnect by itself);
+  SIGKILL of its replication reader child only (the daemon must notice and reconnect by itself), or
+  ``kill-reader-frozen``: the same while the daemon is stopped (SIGSTOP, like a long pause) and the
+  reader has filled the pipe between them, so that it dies halfway through handing over a chunk;
 - ``cut-all`` / ``cut-walsender`` / ``cut-side``: the proxy resets (RST) every open connection,
   only the walsender's, or only the others (slot watch, state, resync);
 - ``restart-fast`` / ``restart-immediate`` / ``restart-crash``: ``pg_ctl restart -m fast``, a stop
@@ -65,9 +67,9 @@ KEYS: dict[str, tuple[str, ...]] = {
     "public.profiles": ("id",),
     MARKER: ("id",),
 }
-KILL_KINDS = ("kill", "kill-reader")
+KILL_KINDS = ("kill", "kill-reader", "kill-reader-frozen")
 CUT_KINDS = ("cut-all", "cut-walsender", "cut-side")
-RESTART_KINDS = ("restart-fast", "restart-immediate", "restart-crash")
+RESTART_KINDS = ("restart-crash", "restart-fast", "restart-immediate")  # one restart: the harshest
 SETTLE_SECONDS = 30.0  # after the marker: how long tables may still differ (tables commit one by one)
 
 
@@ -75,7 +77,7 @@ SETTLE_SECONDS = 30.0  # after the marker: how long tables may still differ (tab
 class ChaosPlan:
     """What to inject and how hard to load; the defaults are the long soak's."""
 
-    rounds: int = 100  # kill -9 rounds (a share ``reader_share`` of them kill the reader child only)
+    rounds: int = 100  # kill -9 rounds (``reader_share`` of them kill the reader child only, half frozen)
     cuts: int = 20
     restarts: int = 3
     partitions: int = 0  # opt-in: needs source.wal_receiver_timeout_seconds (not on main yet)
@@ -298,7 +300,9 @@ class _Load:
 
 
 def _schedule(plan: ChaosPlan, rng: random.Random) -> list[str]:
-    kinds = [("kill-reader" if rng.random() < plan.reader_share else "kill") for _ in range(plan.rounds)]
+    readers = round(plan.rounds * plan.reader_share)
+    kinds = [("kill-reader", "kill-reader-frozen")[i % 2] for i in range(readers)]
+    kinds += ["kill"] * (plan.rounds - readers)
     kinds += [CUT_KINDS[i % len(CUT_KINDS)] for i in range(plan.cuts)]
     kinds += [RESTART_KINDS[i % len(RESTART_KINDS)] for i in range(plan.restarts)]
     kinds += ["partition"] * plan.partitions
@@ -318,6 +322,14 @@ def _reader_pid(daemon_pid: int) -> int | None:
             if b"spawn_main" in cmdline:
                 return pid
     return None
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rfind(")") + 2 :][:1]
 
 
 class _Marker:
@@ -398,10 +410,23 @@ class _Run:
             time.sleep(self.rng.uniform(0.0, 1.0))
             self.daemon.start()
         elif kind == "kill-reader":
-            pid = _reader_pid(self.daemon.proc.pid) if self.daemon.proc is not None else None
-            if pid is None:  # between readers (reconnecting): kill the daemon instead
+            pid = self._reader()
+            if pid is None:  # still loading, or between readers: kill the daemon instead
                 return self.inject("kill")
             os.kill(pid, signal.SIGKILL)
+        elif kind == "kill-reader-frozen":
+            pid = self._reader()
+            if pid is None or self.daemon.proc is None:
+                return self.inject("kill")
+            daemon_pid = self.daemon.proc.pid
+            os.kill(daemon_pid, signal.SIGSTOP)  # a daemon that does not read (a long pause) ...
+            try:
+                time.sleep(self.rng.uniform(1.0, 2.0))  # ... while the reader fills the pipe ...
+                os.kill(pid, signal.SIGKILL)  # ... and dies in the middle of handing over a chunk
+                while Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X", ""):
+                    time.sleep(0.01)
+            finally:
+                os.kill(daemon_pid, signal.SIGCONT)
         elif kind.startswith("cut-"):
             which: Callable[[ProxiedConnection], bool] | None = {
                 "cut-all": None,
@@ -432,6 +457,16 @@ class _Run:
             raise ValueError(f"unknown fault {kind!r}")
         return kind
 
+    def _reader(self, timeout: float = 10.0) -> int | None:
+        """The daemon's reader child, waiting a little for one (the daemon may be reconnecting)."""
+        deadline = time.monotonic() + timeout
+        while self.daemon.proc is not None and self.daemon.alive():
+            pid = _reader_pid(self.daemon.proc.pid)
+            if pid is not None or time.monotonic() > deadline:
+                return pid
+            time.sleep(0.05)
+        return None
+
     def round(self, number: int, kind: str) -> None:
         time.sleep(self.rng.uniform(*self.plan.gap_seconds))
         self.ensure_daemon(f"round {number} ({kind}), before")
@@ -442,14 +477,18 @@ class _Run:
         value = self._bump()
         seconds = self.marker.wait(value, self.plan.max_recovery_seconds, self.daemon_alive)
         self.recoveries.append(Recovery(number, kind, seconds))
-        if seconds is None:
-            why = "the daemon exited" if not self.daemon.alive() else "no progress"
-            self.failures.append(
-                f"round {number} ({kind}): not caught up within {self.plan.max_recovery_seconds:g}s ({why}); "
-                f"log {self.daemon.logs[-1]}"
-            )
-            self.log(f"FINDING round {number} ({kind}): {why}:\n{self.daemon.output(15)}")
+        if seconds is not None:
+            return
+        if not self.daemon.alive():
             self.ensure_daemon(f"round {number} ({kind})")
+            return
+        self.failures.append(
+            f"round {number} ({kind}): no progress within {self.plan.max_recovery_seconds:g}s while the "
+            f"daemon runs; log {self.daemon.logs[-1]}"
+        )
+        self.log(f"FINDING round {number} ({kind}): no progress:\n{self.daemon.output(15)}")
+        self.daemon.kill()  # so that the rounds after it test something
+        self.daemon.start()
 
     def _bump(self) -> int:
         for _ in range(100):  # the server may still be starting up after a restart
