@@ -107,6 +107,10 @@ def render(report: ChaosReport) -> str:
             f"{report.workload_transactions} transactions ({report.workload_errors} broken by faults)",
         ],
         ["comparisons", f"{len(report.checks)} (every {plan.check_every} rounds and at the end)"],
+        [
+            "not converged",
+            f"{report.stalled_checks} (the daemon made no progress: a stall, not counted below)",
+        ],
         ["rows compared", f"{report.rows_compared:,}"],
         ["lost", str(report.total("lost"))],
         ["extra", str(report.total("extra"))],

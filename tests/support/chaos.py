@@ -152,11 +152,21 @@ class ChaosReport:
     failures: tuple[str, ...]
 
     @property
+    def converged(self) -> tuple[Check, ...]:
+        """The checks whose marker reached Delta: only there is a difference a wrong row, not lag."""
+        return tuple(c for c in self.checks if c.seconds_to_converge is not None)
+
+    @property
+    def stalled_checks(self) -> int:
+        return len(self.checks) - len(self.converged)
+
+    @property
     def rows_compared(self) -> int:
-        return sum(t.source_rows for c in self.checks for t in c.tables)
+        return sum(t.source_rows for c in self.converged for t in c.tables)
 
     def total(self, what: str) -> int:
-        return sum(int(getattr(t, what)) for c in self.checks for t in c.tables)
+        """Rows ``lost``/``extra``/``duplicated``/``differing`` over the converged checks."""
+        return sum(int(getattr(t, what)) for c in self.converged for t in c.tables)
 
     @property
     def slowest(self) -> Recovery | None:
