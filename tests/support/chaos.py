@@ -389,9 +389,13 @@ class _Run:
     rng: random.Random
     log: Callable[[str], None]
     faults: Counter[str] = field(default_factory=Counter)
+    _bulk: Workload = field(init=False)
     recoveries: list[Recovery] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._bulk = Workload(self.db, seed=self.plan.seed + 500)  # its own range of ids
 
     # -- keeping the daemon up ----------------------------------------------------------------
 
@@ -431,8 +435,11 @@ class _Run:
             daemon_pid = self.daemon.proc.pid
             os.kill(daemon_pid, signal.SIGSTOP)  # a daemon that does not read (a long pause) ...
             try:
-                time.sleep(self.rng.uniform(1.0, 2.0))  # ... while the reader fills the pipe ...
-                os.kill(pid, signal.SIGKILL)  # ... and dies in the middle of handing over a chunk
+                # ... while a large transaction makes the reader hand over full chunks (512 events,
+                # more than the pipe holds) ...
+                self._bulk.large_transaction(2000)
+                time.sleep(self.rng.uniform(1.0, 2.0))
+                os.kill(pid, signal.SIGKILL)  # ... and it dies halfway through writing one
                 while Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X", ""):
                     time.sleep(0.01)
             finally:
