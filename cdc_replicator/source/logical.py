@@ -37,6 +37,9 @@ from cdc_replicator.source.reader import Reader, reader_process
 __all__ = ["LogicalSource"]
 
 
+_EARLY_DEATHS_RETRIED = 3
+
+
 class _ReaderGone(Exception):
     """The reader process ended; ``args[0]`` is its exit code."""
 
@@ -44,9 +47,9 @@ class _ReaderGone(Exception):
 class LogicalSource:
     """Streams a pgoutput slot. ``events``/``confirm``/``close`` are for one caller thread."""
 
-    # Whether a reader process of this daemon has streamed: then one that dies by a signal before
-    # streaming was killed (retry); before that, reader processes may not work here at all (stop).
-    _a_reader_streamed: ClassVar[bool] = False
+    # Readers of this daemon killed by a signal before streaming, in a row: a few are a transient
+    # loss (kill -9, the OOM killer) and retried; more mean reader processes cannot work here (stop).
+    _early_deaths: ClassVar[int] = 0
 
     def __init__(
         self,
@@ -125,9 +128,8 @@ class LogicalSource:
                 item = self._next(0.5)
             except _ReaderGone as gone:
                 code = gone.args[0]
-                if LogicalSource._a_reader_streamed and code is not None and code < 0:
-                    # killed from outside (kill -9, the OOM killer) while it started; readers do
-                    # work here, since one streamed before: a transient loss like any other
+                LogicalSource._early_deaths += 1
+                if code is not None and code < 0 and LogicalSource._early_deaths <= _EARLY_DEATHS_RETRIED:
                     raise SourceUnavailable(
                         f"the replication reader process was killed by signal {-code} before streaming",
                         hint="the daemon starts a new one; if it repeats, look for the OOM killer in the kernel log",
@@ -142,8 +144,7 @@ class LogicalSource:
                 raise SourceUnavailable("the replication stream did not start in time", retryable=True)
         if isinstance(item, BaseException):
             raise item
-        if self._process:
-            LogicalSource._a_reader_streamed = True
+        LogicalSource._early_deaths = 0
 
     def events(self, idle_timeout: float) -> Iterator[SourceEvent | None]:
         while True:
