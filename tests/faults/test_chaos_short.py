@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+from deltalake import write_deltalake
 
 from cdc_replicator.demo.localpg import find_binaries
-from tests.support.chaos import ChaosPlan, run_chaos
+from tests.support.chaos import MARKER, ChaosPlan, compare_table, run_chaos
 from tests.support.cluster import Cluster
-from tests.support.pg import versions_from_env
+from tests.support.lake import table_path
+from tests.support.pg import PgDatabase, versions_from_env
 
 pytestmark = pytest.mark.slow
 
@@ -46,3 +49,26 @@ def test_kills_cuts_and_a_server_crash_under_load_lose_and_double_no_row(tmp_pat
     assert report.rows_compared > 1000
     for what in ("lost", "extra", "duplicated", "differing"):
         assert report.total(what) == 0, what
+
+
+def test_the_soaks_comparison_counts_a_lost_an_extra_a_duplicated_and_a_differing_row(
+    pg: PgDatabase, tmp_lake: Path
+) -> None:
+    pg.execute("create table chaos_marker (id int primary key, n bigint not null)")
+    pg.execute("insert into chaos_marker values (1, 10), (2, 20), (3, 30), (5, 50)")
+    rows = [(1, 10), (1, 10), (2, 21), (4, 40), (5, 50)]  # 1 twice, 2 altered, 3 missing, 4 extra
+    data = pa.table(
+        {
+            "id": pa.array([r[0] for r in rows], pa.int32()),
+            "n": pa.array([r[1] for r in rows], pa.int64()),
+            "_cdc_lsn": pa.array([7] * len(rows), pa.int64()),
+        }
+    )
+    write_deltalake(str(table_path(tmp_lake, MARKER)), data)
+    diff = compare_table(pg, tmp_lake, MARKER)
+    assert (diff.source_rows, diff.delta_rows) == (4, 5)
+    assert (diff.lost, diff.extra, diff.duplicated, diff.differing) == (1, 1, 1, 1)
+    assert not diff.equal
+    assert "differing ('2',) in ['n']" in diff.examples
+    write_deltalake(str(table_path(tmp_lake, MARKER)), data.slice(0, 0), mode="overwrite")
+    assert compare_table(pg, tmp_lake, MARKER).lost == 4
