@@ -58,6 +58,7 @@ class Writer:
     """
 
     def __init__(self, db: PgDatabase, seed: int) -> None:
+        self._db = db
         self._w = Workload(db, seed=seed)
         self._stop = threading.Event()
         self.committed_rounds = 0
@@ -75,7 +76,11 @@ class Writer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._w.run(10, concurrency=2)
+                with self._db.connect() as conn:  # closed even when the server dies under it
+                    conn.execute("set lock_timeout = '50ms'")
+                    conn.commit()
+                    for _ in range(10):
+                        self._w.transaction(conn)
                 self.committed_rounds += 1
             except psycopg.OperationalError:
                 self._stop.wait(0.2)  # the server is down: try again soon
