@@ -211,6 +211,7 @@ def test_an_initial_load_on_a_full_disk_stops_with_the_fix_and_resumes_once_spac
     assert "no space left" in message and "enospc" in message and str(lake).lower() in message, message
     assert "free space" in message and "snapshot" in message, message
     assert "load planned" in failed.stderr  # it got as far as the chunks
+    assert "chunk retry" not in failed.stderr  # a full disk stops the load at once, chunks are not retried
 
     # the daemon takes the load over: it waits (not ready, saying why) until space is freed
     daemon.start()
