@@ -45,6 +45,7 @@ from cdc_replicator.model import (
     Truncate,
     Value,
 )
+from cdc_replicator.service import failpoints
 from cdc_replicator.source import checks, pgerrors
 from cdc_replicator.source.decoding import MESSAGE_PREFIX
 from cdc_replicator.source.snapshot import key_type_names, output_text
@@ -326,6 +327,7 @@ class Resyncer:
         try:
             _emit(conn, {"op": "lw", **payload})
             rows = conn.execute(query).fetchall()
+            failpoints.hit("resync_window")  # between the chunk's read and its HW (tests widen it)
             _emit(conn, {"op": "hw", **payload})
         except psycopg.Error as exc:
             self.close()
