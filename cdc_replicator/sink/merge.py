@@ -56,11 +56,16 @@ def merge(dt: DeltaTable, plan: MergePlan, props: CommitProperties, patch: Table
     return dict(merger.execute())
 
 
-def rows_at(dt: DeltaTable, schema: TableSchema, keys: pa.Table) -> pa.Table:
-    """The table's current rows at ``keys`` (filtered on the first key column, then exactly)."""
+def rows_at(
+    dt: DeltaTable, schema: TableSchema, keys: pa.Table, columns: list[str] | None = None
+) -> pa.Table:
+    """The table's current rows at ``keys`` (filtered on the first key column, then exactly).
+
+    ``columns``: read only these (they must include the key columns); default: all.
+    """
     first = schema.key[0]
     ds = dt.to_pyarrow_dataset()
-    found = ds.to_table(filter=pc.field(first).isin(keys.column(first)))
+    found = ds.to_table(columns=columns, filter=pc.field(first).isin(keys.column(first)))
     if len(schema.key) > 1:
         wanted = {tuple(r.values()) for r in keys.to_pylist()}
         mask = [tuple(r[k] for k in schema.key) in wanted for r in found.select(list(schema.key)).to_pylist()]
