@@ -30,7 +30,7 @@ from cdc_replicator.model import (
     WatermarkPosition,
 )
 from cdc_replicator.sink import ApplyResult, ChunkWritten, ToastReader
-from cdc_replicator.sink.merge import merge, rows_at
+from cdc_replicator.sink.merge import keys_present, merge, rows_at
 from cdc_replicator.sink.offsets import (
     app_id,
     commit_properties,
@@ -406,7 +406,7 @@ class DeltaSink:
         present = None
         if flagged is not None and not patch.truncate:  # after a TRUNCATE no old row is left
             try:
-                present = rows_at(dt, schema, flagged, columns=list(schema.key))
+                present = keys_present(dt, schema, flagged)
             except (DeltaError, OSError) as exc:
                 raise SinkError(
                     f"reading the rows of {schema.table} whose TOAST values stay unchanged failed: {exc}",
