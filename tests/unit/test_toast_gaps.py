@@ -158,3 +158,40 @@ def test_a_value_nobody_can_know_is_left_out_and_counted_never_written_as_null(t
         assert result is not None and result.toast_unknown == 1
         assert delta_rows(sink) == [(1, 1, "doc 1", 100), (3, 1, "doc 3", 100)]
         assert sink.position(ORDERS) == TablePosition(Lsn(208))  # the position still moves on
+
+
+def test_a_text_and_composite_key_finds_exactly_the_lost_row(tmp_path: Path) -> None:
+    from deltalake import DeltaTable, write_deltalake
+
+    from cdc_replicator.model import TableId
+    from cdc_replicator.sink.plan import target_schema
+    from tests.support.events import INT4, TEXT, schema
+
+    notes = TableId("public", "notes")
+    notes_schema = schema(notes, ("tenant", INT4), ("name", TEXT), ("doc", TEXT), key=("tenant", "name"))
+    sink = DeltaSink(str(tmp_path), slot="test_slot")
+    write_deltalake(sink.uri(notes), target_schema(notes_schema, soft_delete=False).empty_table())
+    rows = [(b"1", b"a", b"doc 1a"), (b"1", b"b", b"doc 1b"), (b"2", b"a", b"doc 2a")]
+    (first,) = batches_of(notes_schema, txn(100, *(insert(notes, *r) for r in rows)))
+    sink.apply(first.tables[notes], first.position)
+    DeltaTable(sink.uri(notes)).delete("tenant = 1 AND name = 'b'")
+
+    class Source:
+        def __init__(self) -> None:
+            self.asked: list[object] = []
+
+        def read(self, schema: TableSchema, keys: pa.Table, columns: Sequence[str]) -> pa.Table:
+            self.asked.append(keys.to_pylist())
+            return keys.append_column("doc", pa.array([b"doc 1b at the source"] * keys.num_rows, pa.binary()))
+
+    source = Source()
+    sink = DeltaSink(str(tmp_path), slot="test_slot", toast_reader=source)
+    (batch,) = batches_of(notes_schema, txn(200, *(update(notes, r[0], r[1], UNCHANGED) for r in rows)))
+    sink.apply(batch.tables[notes], batch.position)
+    assert source.asked == [[{"tenant": b"1", "name": b"b"}]]
+    got = DeltaTable(sink.uri(notes)).to_pyarrow_table(columns=["tenant", "name", "doc"]).to_pylist()
+    assert sorted((r["tenant"], r["name"], r["doc"]) for r in got) == [
+        (1, "a", "doc 1a"),
+        (1, "b", "doc 1b at the source"),
+        (2, "a", "doc 2a"),
+    ]
