@@ -33,7 +33,8 @@ class SourceRows:
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
-        self._key_types: dict[TableId, dict[str, str]] = {}
+        # format_type of the key columns, per table and key layout
+        self._key_types: dict[tuple[TableId, tuple[tuple[str, int, int], ...]], dict[str, str]] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -45,34 +46,19 @@ class SourceRows:
         """The source's rows at ``keys``: key columns and ``columns`` as PostgreSQL text (``binary``)."""
         key = list(schema.key)
         names = key + [c for c in columns if c not in key]
-        by_name = {c.name: c for c in schema.columns}
         out: list[list[bytes | None]] = [[] for _ in names]
         values = [keys.column(k).to_pylist() for k in key]
         context = f"reading unchanged TOAST values of {schema.table} from the source failed"
         with self._lock:
             try:
                 conn = self._connection()
-                types = self._key_types.get(schema.table)
+                layout = (
+                    schema.table,
+                    tuple((c.name, c.type_oid, c.type_modifier) for c in schema.columns if c.is_key),
+                )
+                types = self._key_types.get(layout)
                 if types is None:
-                    types = self._key_types[schema.table] = key_type_names(conn, schema)
-
-                # the keys go in as literals: ``output_text`` holds a literal ``%s`` (format's), which
-                # a parameterised query would take for a placeholder
-                def query(part: list[list[str | None]]) -> sql.Composed:
-                    return sql.SQL(
-                        "select {} from {} where ({}) in (select {} from unnest({}) as u({}))"
-                    ).format(
-                        sql.SQL(", ").join(output_text(n, by_name[n].type_oid) for n in names),
-                        sql.Identifier(schema.table.schema, schema.table.name),
-                        sql.SQL(", ").join(sql.Identifier(k) for k in key),
-                        sql.SQL(", ").join(
-                            sql.SQL("{}::{}").format(sql.Identifier(f"k{i}"), sql.SQL(types[k]))
-                            for i, k in enumerate(key)
-                        ),
-                        sql.SQL(", ").join(sql.SQL("{}::text[]").format(sql.Literal(col)) for col in part),
-                        sql.SQL(", ").join(sql.Identifier(f"k{i}") for i in range(len(key))),
-                    )
-
+                    types = self._key_types[layout] = key_type_names(conn, schema)
                 for start in range(0, keys.num_rows, _KEYS_PER_QUERY):
                     part = [
                         [
@@ -81,7 +67,7 @@ class SourceRows:
                         ]
                         for col in values
                     ]
-                    for row in conn.execute(query(part)).fetchall():
+                    for row in conn.execute(_query(schema, names, types, part)).fetchall():
                         for i, v in enumerate(row):
                             out[i].append(None if v is None else str(v).encode())
             except psycopg.Error as exc:
@@ -95,3 +81,26 @@ class SourceRows:
         if self._conn is None or self._conn.closed:
             self._conn = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
         return self._conn
+
+
+def _query(
+    schema: TableSchema, names: Sequence[str], key_types: dict[str, str], keys: list[list[str | None]]
+) -> sql.Composed:
+    """``select <names as text> from T where (key) in (<keys>)``, the keys cast from their text.
+
+    The keys go in as literals: ``output_text`` holds a literal ``%s`` (``format``'s), which a
+    parameterised query would take for a placeholder.
+    """
+    key = list(schema.key)
+    by_name = {c.name: c for c in schema.columns}
+    return sql.SQL("select {} from {} where ({}) in (select {} from unnest({}) as u({}))").format(
+        sql.SQL(", ").join(output_text(n, by_name[n].type_oid) for n in names),
+        sql.Identifier(schema.table.schema, schema.table.name),
+        sql.SQL(", ").join(sql.Identifier(k) for k in key),
+        sql.SQL(", ").join(
+            sql.SQL("{}::{}").format(sql.Identifier(f"k{i}"), sql.SQL(key_types[k]))
+            for i, k in enumerate(key)
+        ),
+        sql.SQL(", ").join(sql.SQL("{}::text[]").format(sql.Literal(col)) for col in keys),
+        sql.SQL(", ").join(sql.Identifier(f"k{i}") for i in range(len(key))),
+    )

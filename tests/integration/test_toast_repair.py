@@ -111,3 +111,41 @@ def test_the_stream_takes_unchanged_toast_from_the_source_when_delta_lost_the_ro
     unknown = [line for line in log.splitlines() if "unchanged toast value unknown" in line]
     assert len(unknown) == 1 and "table=public.docs rows=1" in unknown[0], log
     assert daemon.stop() == 0
+
+
+def test_the_source_read_by_key_gives_the_streams_text_form_and_leaves_out_keys_it_lacks(
+    pg: PgDatabase,
+) -> None:
+    import pyarrow as pa
+
+    from cdc_replicator.model import Column, TableId, TableSchema
+    from cdc_replicator.source.refetch import SourceRows
+
+    pg.execute(
+        "create table notes (tenant int, name varchar(20), at date, doc text, primary key (tenant, name))"
+    )
+    pg.execute("insert into notes values (1, 'a b', '2024-01-31', 'one'), (1, 'it''s', '2024-02-01', null)")
+    schema = TableSchema(
+        TableId("public", "notes"),
+        (
+            Column("tenant", 23, -1, True),
+            Column("name", 1043, 24, True),
+            Column("at", 1082),
+            Column("doc", 25),
+        ),
+    )
+    keys = pa.table(
+        {
+            "tenant": pa.array([b"1", b"1", b"2"], pa.binary()),
+            "name": pa.array([b"a b", b"it's", b"a b"], pa.binary()),
+        }
+    )
+    reader = SourceRows(pg.dsn)
+    try:
+        got = reader.read(schema, keys, ["at", "doc"])
+    finally:
+        reader.close()
+    assert sorted(got.to_pylist(), key=lambda r: r["name"]) == [
+        {"tenant": b"1", "name": b"a b", "at": b"2024-01-31", "doc": b"one"},
+        {"tenant": b"1", "name": b"it's", "at": b"2024-02-01", "doc": None},
+    ]
