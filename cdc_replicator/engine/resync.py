@@ -5,7 +5,8 @@ For each chunk of a table (the next ``chunk_rows`` keys after the last one done)
 2. the chunk is read with a plain SELECT (its own snapshot, somewhere after LW);
 3. a high watermark (HW) is written.
 While the stream is between LW and HW, every key it changes is dropped from the chunk: the
-stream's own change is as new or newer. At HW, what is left of the chunk is injected into the
+stream's own change is as new or newer; a TOAST value it sent as unchanged is taken from the
+chunk's row (``engine.window``: Delta may not have the row, the chunk does). At HW, what is left of the chunk is injected into the
 stream as upserts in HW's transaction, so it lands exactly at HW's position and the sequenced merge
 orders it against everything else. The other tables keep streaming; the table never pauses.
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field, replace
 import psycopg
 from psycopg import sql
 
+from cdc_replicator.engine.window import pass_window
 from cdc_replicator.errors import ReplicatorError
 from cdc_replicator.model import (
     Lsn,
@@ -45,6 +47,7 @@ from cdc_replicator.model import (
     Truncate,
     Value,
 )
+from cdc_replicator.service import failpoints
 from cdc_replicator.source import checks, pgerrors
 from cdc_replicator.source.decoding import MESSAGE_PREFIX
 from cdc_replicator.source.snapshot import key_type_names, output_text
@@ -195,21 +198,20 @@ class Resyncer:
             return self._inject(table, commit_lsn)
         return []
 
-    def on_change(self, ev: RowChange | Truncate) -> None:
-        """A change the stream carries: drop its keys from an open chunk window."""
-        if isinstance(ev, Truncate):
-            for t in ev.tables:
-                table = self._active.get(t)
-                if table is not None and table.chunk is not None and table.chunk.window:
-                    table.chunk.rows.clear()
-            return
+    def on_change(self, ev: RowChange) -> RowChange:
+        """A change the stream carries, as it must be applied: inside an open chunk window its keys
+        leave the chunk and its unchanged TOAST values come from the chunk (``engine.window``)."""
         table = self._active.get(ev.table)
         if table is None or table.chunk is None or not table.chunk.window:
-            return
-        kpos = table.schema.key_positions
-        for row in (ev.new, ev.old):
-            if row is not None:
-                table.chunk.rows.pop(tuple(row[i] for i in kpos), None)
+            return ev
+        return pass_window(table.chunk.rows, ev, table.schema.key_positions)
+
+    def on_truncate(self, ev: Truncate) -> None:
+        """A TRUNCATE the stream carries: an open chunk window of its tables loses every row."""
+        for t in ev.tables:
+            table = self._active.get(t)
+            if table is not None and table.chunk is not None and table.chunk.window:
+                table.chunk.rows.clear()
 
     def step(self) -> None:
         """Start the next chunk of every re-sync that has none in flight.
@@ -326,6 +328,7 @@ class Resyncer:
         try:
             _emit(conn, {"op": "lw", **payload})
             rows = conn.execute(query).fetchall()
+            failpoints.hit("resync_window")  # between the chunk's read and its HW (tests widen it)
             _emit(conn, {"op": "hw", **payload})
         except psycopg.Error as exc:
             self.close()

@@ -54,6 +54,18 @@ class Metrics:
             ["table", "op"],
             registry=r,
         )
+        self.toast_read = Counter(
+            "cdc_toast_rows_read_from_source",
+            "Rows whose unchanged TOAST values were read from the source by key (Delta had no row to keep them from).",
+            ["table"],
+            registry=r,
+        )
+        self.toast_unknown = Counter(
+            "cdc_toast_rows_unknown",
+            "Rows left out because their unchanged TOAST values could not be known (no Delta row, gone at the source).",
+            ["table"],
+            registry=r,
+        )
         self.truncates = Counter(
             "cdc_truncates_applied", "TRUNCATEs applied to a Delta table.", ["table"], registry=r
         )

@@ -38,6 +38,7 @@ PURE = [
     f"{PACKAGE}.engine.checkpoint",
     f"{PACKAGE}.engine.contracts",
     f"{PACKAGE}.engine.watermarks",
+    f"{PACKAGE}.engine.window",
     f"{PACKAGE}.sink.plan",
     f"{PACKAGE}.source.decoding",
     f"{PACKAGE}.source.ipc",
