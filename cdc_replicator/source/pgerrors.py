@@ -24,9 +24,12 @@ after the failure holds only the text). So a failed connect is decided by what l
   and the list of fixes (under systemd ``Restart=on-failure`` starts it again, so a full server
   is retried at the unit's pace: libpq gives no way to tell 53300 from a refusal at connect time).
 
-Client-side refusals without a server answer (``sslmode=require`` against a server without SSL,
-``require_auth``, an unreadable certificate) look to libpq's ping like an unreachable server:
-they are retried, with libpq's message in every retry's log line.
+Client-side refusals without a server answer look to libpq's ping like an unreachable server. TLS
+ones never heal (a certificate that fails verification, a wrong ``sslrootcert``, a server without
+TLS under ``sslmode=require``): ``source/tls.py`` tells them from a server that is down by probing
+with other TLS settings, and they stop with exit 3 (``TlsVerificationFailed``). The rest
+(``require_auth``, an unreadable client certificate, an unresolvable host) are retried, with
+libpq's message in every retry's log line.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cdc_replicator.errors import AuthenticationFailed, SourceError, from_sqlstate
+from cdc_replicator.source.tls import tls_failure
 
 __all__ = ["connect_error", "from_exception", "from_result", "sqlstate_of", "translated"]
 
@@ -142,6 +146,8 @@ def connect_error(
         )
     if answer == pq.Ping.REJECT:
         return from_sqlstate("57P03", message, context=context)
+    if answer == pq.Ping.NO_RESPONSE and (tls := tls_failure(conninfo, context=context, text=text)):
+        return tls
     if answer == pq.Ping.OK and _connects(conninfo, connect_timeout) is False:
         return AuthenticationFailed(f"{context}: {text}", hint=_REFUSED)
     return from_sqlstate(None, message, context=context)  # unreachable, or it came up meanwhile
