@@ -252,7 +252,7 @@ SQLSTATE_RULES: tuple[SqlstateRule, ...] = (
         "28P01",
         AuthenticationFailed,
         False,
-        "the password of the role in source.dsn is wrong: give the right one (PGPASSWORD or PGPASSFILE)",
+        "the password of the role in source.dsn is wrong: give the right one (in source.dsn, source.password_file, PGPASSWORD or PGPASSFILE)",
     ),
     SqlstateRule(
         "28",

@@ -49,7 +49,8 @@ __all__ = ["connect_error", "from_exception", "from_result", "sqlstate_of", "tra
 
 _REFUSED = (
     "the server runs but refused this connection (see its message): check the role and its password "
-    "(PGPASSWORD or PGPASSFILE), a pg_hba.conf line that allows it, the database name, and that the "
+    "(source.password_file, PGPASSWORD or PGPASSFILE), a pg_hba.conf line that allows it, the database "
+    "name and the role's connect privilege on it (grant connect on database <db> to <role>;), that the "
     "role has LOGIN and REPLICATION (alter role <role> with login replication;); a server with too many "
     "clients needs a higher max_connections / max_wal_senders"
 )
@@ -134,7 +135,8 @@ def connect_error(
     if needs_password:
         return AuthenticationFailed(
             f"{context}: {text}",
-            hint="the server asks for a password and none was given: set it in PGPASSWORD or PGPASSFILE",
+            hint="the server asks for a password and none was given: set it in source.password_file, "
+            "PGPASSWORD or PGPASSFILE",
         )
     conninfo = _with_timeout(dsn, connect_timeout)
     answer = pq.PGconn.ping(conninfo.encode())
