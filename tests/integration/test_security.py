@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +23,12 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
+from cdc_replicator.config import load_config
 from cdc_replicator.demo.localpg import find_binaries, free_port
-from cdc_replicator.errors import TlsVerificationFailed
+from cdc_replicator.errors import AuthenticationFailed, TlsVerificationFailed
 from cdc_replicator.model import Column, TableId, TableSchema
+from cdc_replicator.source import checks
+from cdc_replicator.source.replication import ReplicationConnection
 from cdc_replicator.source.snapshot import copy_table_arrow
 from tests.support.cli import refusal
 from tests.support.cluster import processes
@@ -106,8 +110,12 @@ def _dsn(db: PgDatabase, role: str, ca: Path, *, host: str = "localhost", extra:
 
 
 def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return str(resp.read().decode())
+    """The body, also of a 503 (``/readyz`` while not ready)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return str(resp.read().decode())
+    except urllib.error.HTTPError as exc:
+        return str(exc.read().decode())
 
 
 def _tree(pid: int) -> list[int]:
@@ -336,28 +344,38 @@ def _secret_source(
 
 
 def test_a_wrong_password_from_any_source_is_one_clear_error_that_shows_no_password(
-    db: PgDatabase, certificates: Certificates, tmp_path: Path
+    db: PgDatabase, certificates: Certificates, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The command line once (its error and status), then each source in-process, on both connection kinds."""
     tables = _tables(db)
     role = f"{db.name}_cdc"
     _run_template(db, role, SECRET, tables)
     dsn = _dsn(db, role, certificates.ca)
+    keys, _ = _secret_source("dsn in the config file", db, dsn, WRONG, tmp_path)
+    cfg = write_config(tmp_path / "bad.toml", db, tmp_path / "lake", tables, slot=SLOT, source_extra=keys)
+    refused = run_cli(cfg, "run", timeout=60)
+    message = refusal(refused, SOURCE_ERROR)
+    assert "password authentication failed" in message and "retrying in" not in refused.stderr, message
+    assert WRONG not in refused.stdout + refused.stderr, "the password leaked into the error"
+    unknown = run_cli(cfg, "status", "--json")
+    assert '"unknown"' in unknown.stdout and "password authentication failed" in unknown.stdout
+    assert WRONG not in unknown.stdout + unknown.stderr, "the password leaked into status"
+
     for source in SOURCES:
         keys, env = _secret_source(source, db, dsn, WRONG, tmp_path)
         cfg = write_config(
             tmp_path / "bad.toml", db, tmp_path / "lake", tables, slot=SLOT, source_extra={"dsn": dsn, **keys}
         )
-        refused = run_cli(cfg, "run", env=env, timeout=60)
-        message = refusal(refused, SOURCE_ERROR)
-        assert "password authentication failed" in message, (source, message)
-        assert "retrying in" not in refused.stderr, (source, refused.stderr)
-        assert WRONG not in refused.stdout + refused.stderr, (
-            f"the password from {source} leaked into its error"
-        )
-        if source == "dsn in the config file":  # status reports the same error, without the password
-            unknown = run_cli(cfg, "status", "--json", env=env)
-            assert '"unknown"' in unknown.stdout and "password authentication failed" in unknown.stdout
-            assert WRONG not in unknown.stdout + unknown.stderr, "the password leaked into status"
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            loaded = load_config(cfg, env={k: v for k, v in env.items() if k.startswith("CDC_")})
+            for connect in (checks.connect, ReplicationConnection):
+                with pytest.raises(AuthenticationFailed) as failed:
+                    connect(loaded.source.dsn).close()
+                shown = f"{failed.value}"
+                assert "password authentication failed" in shown and not failed.value.retryable, shown
+                assert WRONG not in shown, f"the password from {source} leaked into an error"
 
 
 # the dsn in the config file: tests/integration/test_service.py; source.password_file: the first test here
@@ -378,8 +396,6 @@ def test_a_password_from_the_environment_or_a_pgpass_file_works_and_never_shows(
     daemon = Daemon(cfg, tmp_path)
     try:
         daemon.start(env=env)
-        wait_converged(db, lake, tables, daemon=daemon)
-        db.execute("update t set v = 'changed' where id <= 10")
         wait_converged(db, lake, tables, daemon=daemon)
         base = daemon.http_address()
         shown |= {"metrics": _get(base + "/metrics"), "readyz": _get(base + "/readyz")}
