@@ -139,6 +139,7 @@ def connect_error(
             "PGPASSWORD or PGPASSFILE",
         )
     conninfo = _with_timeout(dsn, connect_timeout)
+    started = time.monotonic()
     answer = pq.PGconn.ping(conninfo.encode())
     if answer == pq.Ping.NO_ATTEMPT:
         return SourceError(
@@ -148,8 +149,11 @@ def connect_error(
         )
     if answer == pq.Ping.REJECT:
         return from_sqlstate("57P03", message, context=context)
-    if answer == pq.Ping.NO_RESPONSE and (tls := tls_failure(conninfo, context=context, text=text)):
-        return tls
+    # a TLS refusal comes right after the TCP connect; a ping that used up connect_timeout met a
+    # silent path (a partition): no probe would get further, so none is made
+    if answer == pq.Ping.NO_RESPONSE and not _timed_out(conninfo, connect_timeout, started):
+        if tls := tls_failure(conninfo, context=context, text=text):
+            return tls
     if answer == pq.Ping.OK and _connects(conninfo, connect_timeout) is False:
         return AuthenticationFailed(f"{context}: {text}", hint=_REFUSED)
     return from_sqlstate(None, message, context=context)  # unreachable, or it came up meanwhile
@@ -172,13 +176,18 @@ def _connects(conninfo: str, timeout: float | None) -> bool | None:
     try:
         if conn.status == pq.ConnStatus.OK:
             return True
-        if timeout is None:  # the connection string's own, when it has one
-            given = conninfo_to_dict(conninfo).get("connect_timeout")
-            timeout = float(str(given)) if given is not None and str(given).isdigit() else None
-        limit = max(1, int(timeout)) if timeout is not None else None
-        return None if limit is not None and time.monotonic() - started >= limit - 0.1 else False
+        return None if _timed_out(conninfo, timeout, started) else False
     finally:
         conn.finish()
+
+
+def _timed_out(conninfo: str, timeout: float | None, started: float) -> bool:
+    """Whether an attempt begun at ``started`` used up ``connect_timeout`` (else the string's own)."""
+    if timeout is None:  # the connection string's own, when it has one
+        given = conninfo_to_dict(conninfo).get("connect_timeout")
+        timeout = float(str(given)) if given is not None and str(given).isdigit() else None
+    limit = max(1, int(timeout)) if timeout is not None else None
+    return limit is not None and time.monotonic() - started >= limit - 0.1
 
 
 @contextmanager

@@ -248,12 +248,20 @@ def test_a_least_privilege_role_streams_over_verified_tls_with_every_connection_
 # ---- TLS failures: a clear error and exit 3, never retried; a server that is down still is ----------
 
 
-@pytest.mark.parametrize("case", ["another CA", "a host name the certificate does not name", "no CA file"])
+@pytest.mark.parametrize(
+    "case",
+    ["another CA", "another CA in PGSSLROOTCERT", "a host name the certificate does not name", "no CA file"],
+)
 def test_a_certificate_that_fails_verification_stops_with_exit_3_and_the_fix(
     db: PgDatabase, certificates: Certificates, tmp_path: Path, case: str
 ) -> None:
     tables = _tables(db)
-    if case == "another CA":
+    env: dict[str, str] = {}
+    if case == "another CA in PGSSLROOTCERT":  # libpq's defaults from the environment count too
+        dsn = f"host=localhost port={db.cluster.port} dbname={db.name} user=postgres"
+        env = {"PGSSLMODE": "verify-full", "PGSSLROOTCERT": str(certificates.other_ca)}
+        wanted = ("tls verification", "sslrootcert")
+    elif case == "another CA":
         dsn = _dsn(db, "postgres", certificates.other_ca)
         wanted = ("tls verification", "sslrootcert")
     elif case == "no CA file":
@@ -265,7 +273,7 @@ def test_a_certificate_that_fails_verification_stops_with_exit_3_and_the_fix(
     cfg = write_config(
         tmp_path / "cfg.toml", db, tmp_path / "lake", tables, slot=SLOT, source_extra={"dsn": dsn}
     )
-    result = run_cli(cfg, "run", timeout=60)
+    result = run_cli(cfg, "run", env=env, timeout=60)
     message = refusal(result, SOURCE_ERROR)
     assert "retrying in" not in result.stderr, result.stderr
     assert all(w in message for w in wanted), message
