@@ -1,11 +1,12 @@
 """Security: TLS to the source, a least-privilege role, and secrets that never show.
 
-One PostgreSQL (the first of $CDC_TEST_PG_VERSIONS: TLS and roles do not differ between 15 and 16)
-runs with ``ssl = on``, a certificate from a test CA made with ``openssl``, and ``hostssl`` lines
+One PostgreSQL runs with ``ssl = on``, a certificate from a test CA made with ``openssl``, and ``hostssl`` lines
 only in pg_hba.conf (``tests/support/tls.py``): nothing reaches it over TCP without TLS, and every
 role but the fixtures' admin must give its password (scram-sha-256). The daemon connects as a role
 made by running ``migrations/source/templates/replication_role.sql`` with psql, exactly as the
-README says, on a database where PUBLIC may not even connect.
+README says, on a database where PUBLIC may not even connect. That server is always Debian's
+PostgreSQL 15, whatever $CDC_TEST_PG_VERSIONS says: TLS and roles do not differ between 15 and 16,
+and the pgserver wheel's 16 is built without OpenSSL.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from cdc_replicator.source.snapshot import copy_table_arrow
 from tests.support.cli import refusal
 from tests.support.cluster import processes
 from tests.support.daemon import Daemon, run_cli, wait_converged, write_config
-from tests.support.pg import PgDatabase, create_test_database, drop_test_database, versions_from_env
+from tests.support.pg import PgDatabase, create_test_database, drop_test_database
 from tests.support.tls import Certificates, TlsCluster, make_certificates
 
 TEMPLATE = (
@@ -51,7 +52,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
 @pytest.fixture(scope="module")
 def secure(certificates: Certificates) -> Iterator[TlsCluster]:
-    binaries = find_binaries(versions_from_env()[0])
+    binaries = find_binaries(15)  # built with OpenSSL; pgserver's 16 is not
     settings = {"log_connections": "on", "lc_messages": "C"}
     with TlsCluster(binaries, certificates, settings=settings) as cluster:
         yield cluster
