@@ -36,6 +36,7 @@ __all__ = [
     "SourceError",
     "SourceUnavailable",
     "SqlstateRule",
+    "TlsVerificationFailed",
     "WalLevelNotLogical",
     "from_sqlstate",
     "replication_start_error",
@@ -102,6 +103,11 @@ class SlotInUse(SourceError):
 
 class AuthenticationFailed(SourceError):
     """The server does not let the role in: password, pg_hba.conf, LOGIN, unknown role."""
+
+
+class TlsVerificationFailed(SourceError):
+    """TLS to the server can never succeed as configured: its certificate fails verification
+    (``sslrootcert``, the host name) or it does not speak TLS. Waiting does not heal it."""
 
 
 class MissingPrivilege(SourceError):
@@ -246,7 +252,7 @@ SQLSTATE_RULES: tuple[SqlstateRule, ...] = (
         "28P01",
         AuthenticationFailed,
         False,
-        "the password of the role in source.dsn is wrong: give the right one (PGPASSWORD or PGPASSFILE)",
+        "the password of the role in source.dsn is wrong: give the right one (in source.dsn, source.password_file, PGPASSWORD or PGPASSFILE)",
     ),
     SqlstateRule(
         "28",

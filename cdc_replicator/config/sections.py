@@ -30,6 +30,10 @@ class SourceConfig:
     dsn: str = field(
         metadata=key(c.nonempty_str, "libpq connection string (URL or key=value form).", redact=redact_dsn)
     )
+    password_file: str = field(
+        default="",
+        metadata=key(c.any_str, "File whose first line is the source password (instead of one in dsn)."),
+    )
     mode: SourceMode = field(
         default="logical",
         metadata=key(
