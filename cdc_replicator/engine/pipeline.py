@@ -79,6 +79,9 @@ class Replicator:
             target_file_size=config.target.target_file_size,
         )
         self._state = StateStore(config.state.url)
+        if metrics is not None:  # `verify` runs in its own process and leaves its results here
+            state, slot = self._state, self._slot
+            metrics.verify_results = lambda: state.verifies(slot)
         self._loads = Loads(
             config=config, sink=self._sink, state=self._state, observer=self._obs, stop=self._stop
         )

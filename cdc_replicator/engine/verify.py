@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,7 +32,7 @@ from cdc_replicator.config import Config, VerifyConfig
 from cdc_replicator.engine.rangediff import Key, RangeDiff, diff_range
 from cdc_replicator.engine.resync import request_resync
 from cdc_replicator.errors import ConfigError, LakeBehind, SourceError
-from cdc_replicator.model import KeyRange, Lsn, TableId, TableSchema
+from cdc_replicator.model import KeyRange, Lsn, TableId, TableSchema, VerifyResult
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.sink.plan import typed_columns
 from cdc_replicator.source import checks
@@ -257,10 +258,31 @@ def run_verify(
                 _repair(cfg, reader, schema, verdict, stop)
                 verdict = verifier.table(schema)
                 report(verdict, schema, " (after repair)")
+            if not stop.is_set():
+                _record(cfg, verdict)
             out.append(verdict)
         return out
     finally:
         reader.close()
+
+
+def _record(cfg: Config, verdict: TableVerdict) -> None:
+    """Keep the result in the state store: the daemon exports it (it is another process)."""
+    state = StateStore(cfg.state.url)
+    try:
+        state.record_verify(
+            cfg.source.slot,
+            VerifyResult(
+                verdict.table,
+                datetime.now(UTC),
+                verdict.rows,
+                verdict.ranges,
+                verdict.differences,
+                verdict.seconds,
+            ),
+        )
+    finally:
+        state.close()
 
 
 def _repair(
