@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from cdc_replicator.config import Config, VerifyConfig
 from cdc_replicator.engine.rangediff import Key, RangeDiff, diff_range
 from cdc_replicator.engine.resync import request_resync
-from cdc_replicator.errors import ConfigError, LakeBehind, SourceError
+from cdc_replicator.errors import ConfigError, LakeBehind, SlotInUse, SourceError
 from cdc_replicator.model import KeyRange, Lsn, TableId, TableSchema, VerifyResult
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.sink.plan import typed_columns
@@ -78,6 +78,7 @@ class Verifier:
         settings: VerifyConfig,
         slot: str | None,
         stop: threading.Event,
+        publication: str = "",
         poll_interval: float = 0.0,
         deleted_column: Mapping[TableId, str] | None = None,
         sleep: Callable[[float], object] = time.sleep,
@@ -87,6 +88,7 @@ class Verifier:
         self._sink = sink
         self._cfg = settings
         self._slot = slot  # None: watermark mode
+        self._publication = publication
         self._stop = stop
         self._poll_interval = poll_interval
         self._sleep = sleep
@@ -177,16 +179,29 @@ class Verifier:
         return diff_range(source, lake, key=schema.key, columns=schema.column_names, snapshot_lsn=bound)
 
     def _wait_passed(self, schema: TableSchema, at: Lsn) -> None:
-        """Until Delta holds every transaction the snapshot at ``at`` sees (bounded)."""
+        """Until Delta holds every transaction the snapshot at ``at`` sees (bounded).
+
+        Delta's own position at or beyond ``at``, or the slot's confirmed position (the daemon
+        confirms only what every table has committed), or, with no daemon streaming, no row change
+        of the publication left in the slot before ``at``.
+        """
         assert self._slot is not None
         deadline = time.monotonic() + self._cfg.wait_seconds
+        peeked = False
         while True:
             pos = self._sink.position(schema.table)
             if pos is not None and pos.lsn >= at:
                 return
-            flushed, _active = self._reader.slot_flushed(self._slot)
-            if flushed is not None and flushed >= at and pos is not None:
+            flushed, active = self._reader.slot_flushed(self._slot)
+            if pos is not None and flushed is not None and flushed >= at:
                 return
+            if pos is not None and flushed is not None and not active and not peeked:
+                try:
+                    if not self._reader.changes_pending(self._slot, self._publication, at):
+                        return
+                    peeked = True  # the stopped daemon has changes to apply: Delta is behind
+                except SlotInUse:
+                    pass  # the daemon took the slot meanwhile: its confirmed position will do
             if time.monotonic() >= deadline or self._stop.is_set():
                 held = "no position" if pos is None else f"position {pos.lsn}"
                 raise LakeBehind(
@@ -196,6 +211,30 @@ class Verifier:
                     "--config FILE run) and let it catch up, or raise verify.wait_seconds",
                 )
             self._sleep(0.2)
+
+    def rewrite(self, schema: TableSchema, ranges: Sequence[KeyRange]) -> int:
+        """Daemon stopped (logical mode): overwrite each range with the source's rows, read in a fresh
+        snapshot that Delta has passed, every row at that snapshot's LSN. Returns the rows written.
+
+        The stopped daemon resumes from its own positions: its older changes never overwrite these
+        rows (the merges are sequenced by ``_cdc_lsn``) and its newer ones apply as usual.
+        """
+        written = 0
+        for r in ranges:
+            at = self._reader.begin()
+            raw = self._reader.read(schema, r)
+            self._wait_passed(schema, at)
+            done = self._sink.load_chunk(
+                schema,
+                raw.to_batches(),
+                r,
+                row_lsn=at.value,
+                loaded_at=datetime.now(UTC),
+                metadata={"cdc.op": "verify-repair"},
+            )
+            self._pace(raw.num_rows)
+            written += done.rows
+        return written
 
     def _pace(self, rows: int) -> None:
         """Keep the reads at or below ``max_rows_per_second`` (0: no limit)."""
@@ -244,6 +283,7 @@ def run_verify(
             settings=cfg.verify,
             slot=src.slot if logical else None,
             stop=stop,
+            publication=src.publication,
             poll_interval=0.0 if logical else cfg.watermark.poll_interval_seconds,
             deleted_column={t.name: t.delete_column for t in cfg.tables if t.delete_column},
         )
@@ -255,7 +295,7 @@ def run_verify(
             verdict = verifier.table(schema)
             report(verdict, schema, "")
             if repair and not verdict.equal:
-                _repair(cfg, reader, schema, verdict, stop)
+                _repair(cfg, reader, verifier, schema, verdict, stop)
                 verdict = verifier.table(schema)
                 report(verdict, schema, " (after repair)")
             if not stop.is_set():
@@ -286,9 +326,15 @@ def _record(cfg: Config, verdict: TableVerdict) -> None:
 
 
 def _repair(
-    cfg: Config, reader: SnapshotReader, schema: TableSchema, verdict: TableVerdict, stop: threading.Event
+    cfg: Config,
+    reader: SnapshotReader,
+    verifier: Verifier,
+    schema: TableSchema,
+    verdict: TableVerdict,
+    stop: threading.Event,
 ) -> None:
-    """Rewrite the keys found different through the daemon's live re-sync: exactly once, in the stream."""
+    """Rewrite what differs, exactly once: through the running daemon's stream (a live re-sync of
+    the keys found different), or, with the daemon stopped, as range chunks written here."""
     src = cfg.source
     if src.mode != "logical":
         raise ConfigError(
@@ -299,11 +345,14 @@ def _repair(
         )
     _flushed, active = reader.slot_flushed(src.slot)
     if not active:
-        raise SourceError(
-            f"verify --repair of {schema.table} needs the daemon streaming: it rewrites the rows through "
-            "the daemon's own stream (a live re-sync of those keys)",
-            hint="start the daemon (cdc-replicator --config FILE run), then run verify --repair again",
+        rows = verifier.rewrite(schema, verdict.differing_ranges)
+        logger.info(
+            "verify repair wrote table=%s ranges=%d rows=%d",
+            schema.table,
+            len(verdict.differing_ranges),
+            rows,
         )
+        return
     keys = [tuple(str(v) for v in k) for k in (*verdict.missing, *verdict.extra, *verdict.differing)]
     state = StateStore(cfg.state.url)
     try:
@@ -319,8 +368,8 @@ def _repair(
             if recs and recs[0].state == "failed":
                 raise SourceError(
                     f"verify --repair of {schema.table} failed: {recs[0].detail}",
-                    hint="run verify --repair again; if it fails again, stop the daemon and re-sync the "
-                    f"table: cdc-replicator --config FILE snapshot --table {schema.table}",
+                    hint="run verify --repair again; if it fails again, stop the daemon and run "
+                    "verify --repair (it then rewrites the ranges itself)",
                 )
             if time.monotonic() > deadline:
                 raise LakeBehind(

@@ -16,7 +16,9 @@ from psycopg import sql
 
 from cdc_replicator.model import ColumnSelection, KeyRange, Lsn, TableId, TableSchema
 from cdc_replicator.source import checks, pgerrors
+from cdc_replicator.source.replication import quote_ident
 from cdc_replicator.source.snapshot import key_type_names, output_text, plan_ranges, range_condition
+from cdc_replicator.source.wire import MessageTag
 
 __all__ = ["SnapshotReader"]
 
@@ -32,9 +34,31 @@ class SnapshotReader:
             dsn, connect_timeout=connect_timeout, autocommit=False
         )
         self._key_types: dict[str, dict[str, str]] = {}
+        self._dsn = dsn
+        self._connect_timeout = connect_timeout
+        self._side: psycopg.Connection[tuple[object, ...]] | None = None  # autocommit: slot peeks
 
     def close(self) -> None:
         self._conn.close()
+        if self._side is not None:
+            self._side.close()
+
+    def changes_pending(self, slot: str, publication: str, upto: Lsn) -> bool:
+        """Whether the (inactive) slot holds row changes of the publication committed before ``upto``.
+
+        Peeks, never consumes: with the daemon stopped, none pending means Delta holds everything
+        the snapshot at ``upto`` sees. Raises a ``SourceError`` (55006) if a process streams from it.
+        """
+        if self._side is None or self._side.closed:
+            self._side = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
+        rows = (MessageTag.INSERT, MessageTag.UPDATE, MessageTag.DELETE, MessageTag.TRUNCATE)
+        with pgerrors.translated(f"peeking replication slot {slot} failed"):
+            row = self._side.execute(
+                "select exists (select 1 from pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, null, "
+                "'proto_version', '1', 'publication_names', %s) where get_byte(data, 0) = any(%s))",
+                (slot, str(upto), quote_ident(publication), [int(t) for t in rows]),
+            ).fetchone()
+        return bool(row and row[0])
 
     def schemas(
         self, tables: Sequence[TableId], selections: Mapping[TableId, ColumnSelection]

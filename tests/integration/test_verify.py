@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from tests.support.cli import refusal
 from tests.support.daemon import Daemon, run_cli, wait_converged, write_config
@@ -75,7 +75,10 @@ class _Writer:
 
 def _items_equal(pg: PgDatabase, lake: Path) -> bool:
     """public.items in Delta equals the source in the replicated columns (``secret`` is excluded)."""
-    cols, rows = delta_rows(lake, "public.items")
+    try:
+        cols, rows = delta_rows(lake, "public.items")
+    except TableNotFoundError:
+        return False
     assert "secret" not in cols
     at = [cols.index(c) for c in ("id", "v", "n")]
     have = sorted(tuple(r[i] for i in at) for r in rows)
@@ -169,3 +172,113 @@ def test_verify_exits_3_with_the_fix_when_the_source_cannot_be_read(pg: PgDataba
     result = run_cli(cfg, "verify", timeout=60)
     err = refusal(result, 3)
     assert "cannot connect" in err and "hint:" in err
+
+
+@pytest.mark.parametrize("pg_binaries", NEWEST, indirect=True)
+def test_with_the_daemon_stopped_verify_compares_at_once_and_repair_rewrites_the_ranges_exactly_once(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    tables = _make_tables(pg)
+    write_config(
+        daemon.config, pg, tmp_lake, tables, table_extra={"public.items": {"exclude_columns": ["secret"]}}
+    )
+    _verify_section(daemon.config, range_rows=1000, max_rows_per_second=0, wait_seconds=20)
+    daemon.start()
+    pg.execute("update items set v = 'streamed' where id between 10 and 20")
+    wait_until(lambda: _items_equal(pg, tmp_lake), timeout=60, message="items did not converge")
+    assert daemon.stop() == 0
+
+    items = str(table_path(tmp_lake, "public.items"))
+    DeltaTable(items).delete("id = 2500")
+    DeltaTable(items).update(updates={"n": "0"}, predicate="id = 11")
+    found = run_cli(daemon.config, "verify", "--table", "public.items", timeout=60)
+    refusal(found, 8)
+    assert "missing=1 extra=0 differing=1" in found.stdout, found.stdout
+    assert "  missing: id=2500" in found.stdout and "  differing: id=11" in found.stdout
+
+    repaired = run_cli(daemon.config, "verify", "--repair", "--table", "public.items", timeout=60)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "table public.items (after repair): " in repaired.stdout and repaired.stdout.rstrip().endswith(
+        "verify: 1 table(s) equal to the source"
+    )
+    assert _items_equal(pg, tmp_lake)
+
+    # changes made while the daemon was stopped: verify waits for them instead of reporting them
+    pg.execute("update items set v = 'while stopped' where id = 12")
+    pending = run_cli(
+        daemon.config, "verify", "--table", "public.items", env={"CDC_REPLICATOR_VERIFY__WAIT_SECONDS": "1"}
+    )
+    assert "did not reach the source snapshot" in refusal(pending, 3)
+    # the daemon resumes from its own position: the rewritten rows stay, later changes apply once
+    daemon.start()
+    pg.execute("update items set v = 'after repair' where id in (11, 2500)")
+    wait_until(lambda: _items_equal(pg, tmp_lake), timeout=60, message="items did not converge after restart")
+    again = run_cli(daemon.config, "verify", timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert daemon.stop() == 0
+
+
+def _watermark_items(pg: PgDatabase) -> None:
+    pg.execute(
+        "create table items (id bigint primary key, v text, n numeric(12,2), "
+        "updated_at timestamptz not null default clock_timestamp(), deleted_at timestamptz)"
+    )
+    pg.execute("insert into items (id, v, n) select g, 'v' || g, g / 7.0 from generate_series(1, 2000) g")
+
+
+@pytest.mark.parametrize("pg_binaries", NEWEST, indirect=True)
+def test_in_watermark_mode_verify_proves_a_polled_table_equal_under_writes_and_finds_a_tampered_row(
+    pg: PgDatabase, tmp_lake: Path, daemon: Daemon
+) -> None:
+    _watermark_items(pg)
+    write_config(
+        daemon.config,
+        pg,
+        tmp_lake,
+        ["public.items"],
+        source_extra={"mode": "watermark"},
+        table_extra={"public.items": {"cursor": "updated_at", "delete_column": "deleted_at"}},
+    )
+    _verify_section(daemon.config, range_rows=600, max_rows_per_second=0, recheck_rounds=3)
+    with open(daemon.config, "a") as f:
+        f.write("[watermark]\npoll_interval_seconds = 0.2\n")
+    daemon.start()
+    daemon.wait_streaming()
+    live = "deleted_at is null"
+    wait_converged(pg, tmp_lake, ["public.items"], daemon=daemon, where=live)
+
+    stop = threading.Event()
+
+    def writes() -> None:
+        with pg.connect(autocommit=True) as conn:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                conn.execute(
+                    "update items set v = %s, updated_at = clock_timestamp() where id = %s",
+                    (f"w{i}", 1001 + i % 900),
+                )
+                conn.execute(
+                    "update items set deleted_at = clock_timestamp(), updated_at = clock_timestamp() where id = %s",
+                    (1001 + (i * 7) % 900,),
+                )
+                stop.wait(0.01)
+
+    writer = threading.Thread(target=writes, daemon=True)
+    writer.start()
+    try:
+        clean = run_cli(daemon.config, "verify", timeout=120)
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "table public.items: rows=" in clean.stdout and "-> equal" in clean.stdout
+
+    items = str(table_path(tmp_lake, "public.items"))
+    _retrying(lambda: DeltaTable(items).update(updates={"v": "'tampered'"}, predicate="id = 3"))
+    _retrying(lambda: DeltaTable(items).delete("id = 4"))
+    found = run_cli(daemon.config, "verify", timeout=120)
+    refusal(found, 8)
+    assert "missing=1 extra=0 differing=1" in found.stdout and "  missing: id=4" in found.stdout, found.stdout
+    assert "tampered" not in found.stdout
+    assert daemon.stop() == 0
