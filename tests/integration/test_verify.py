@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -180,7 +182,12 @@ def test_with_the_daemon_stopped_verify_compares_at_once_and_repair_rewrites_the
 ) -> None:
     tables = _make_tables(pg)
     write_config(
-        daemon.config, pg, tmp_lake, tables, table_extra={"public.items": {"exclude_columns": ["secret"]}}
+        daemon.config,
+        pg,
+        tmp_lake,
+        tables,
+        table_extra={"public.items": {"exclude_columns": ["secret"]}},
+        server={},
     )
     _verify_section(daemon.config, range_rows=1000, max_rows_per_second=0, wait_seconds=20)
     daemon.start()
@@ -215,6 +222,16 @@ def test_with_the_daemon_stopped_verify_compares_at_once_and_repair_rewrites_the
     wait_until(lambda: _items_equal(pg, tmp_lake), timeout=60, message="items did not converge after restart")
     again = run_cli(daemon.config, "verify", timeout=60)
     assert again.returncode == 0, again.stdout + again.stderr
+
+    # the last result of each table: in `status`, and exported by the daemon (another process)
+    status = json.loads(run_cli(daemon.config, "status", "--json").stdout)
+    last = {t["table"]: t["last_verify"] for t in status["tables"]}
+    assert last["public.items"]["differences"] == 0 and last["public.items"]["rows"] == 3000
+    assert last["public.pairs"]["ranges"] == 1
+    metrics = urllib.request.urlopen(daemon.http_address() + "/metrics", timeout=10).read().decode()
+    assert 'cdc_verify_differences{table="public.items"} 0.0' in metrics
+    assert 'cdc_verify_rows_checked{table="public.items"} 3000.0' in metrics
+    assert 'cdc_verify_last_timestamp_seconds{table="public.pairs"}' in metrics
     assert daemon.stop() == 0
 
 
