@@ -87,6 +87,7 @@ def request_resync(
 
 
 _KEYED = "keys"  # the detail of a running re-sync of listed keys (not restored after a restart)
+_KEYS_PER_CHUNK = 1000  # listed keys read per chunk (one VALUES list)
 
 
 @dataclass(slots=True)
@@ -389,7 +390,8 @@ class Resyncer:
         schema = table.schema
         assert table.keys is not None
         no = table.chunks + 1
-        wanted = table.keys[(no - 1) * self._chunk_rows : no * self._chunk_rows]
+        size = min(self._chunk_rows, _KEYS_PER_CHUNK)
+        wanted = table.keys[(no - 1) * size : no * size]
         key_cols = [c for c in schema.columns if c.is_key]
         kpos = schema.key_positions
         values = sql.SQL(", ").join(
@@ -434,7 +436,7 @@ class Resyncer:
             key: tuple[Value, ...] = tuple(None if v is None else str(v).encode() for v in r)
             if key not in data:
                 absent.add(key)
-        last = no * self._chunk_rows >= len(table.keys)
+        last = no * size >= len(table.keys)
         chunk = _Chunk(no, data, table.next_key, last=last, absent=absent)
         table.chunk = chunk
 

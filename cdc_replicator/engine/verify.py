@@ -149,14 +149,16 @@ class Verifier:
             if self._slot is None and self._poll_interval:
                 self._sleep(self._poll_interval)  # watermark mode: let a poll reach what it had not read
             again = self._compare(schema, r)
+            # what every round found, as the latest round sees it; the counts stay the first round's
+            kept = again.restricted(diff.candidates)
             diff = RangeDiff(
                 diff.source_rows,
                 diff.lake_rows,
-                diff.missing,
-                diff.extra,
-                diff.differing,
+                kept.missing,
+                kept.extra,
+                kept.differing,
                 tuple(dict.fromkeys(diff.changed_since + again.changed_since)),
-            ).restricted(again.candidates)
+            )
         return diff
 
     def _compare(self, schema: TableSchema, r: KeyRange) -> RangeDiff:
@@ -187,7 +189,7 @@ class Verifier:
         """
         assert self._slot is not None
         deadline = time.monotonic() + self._cfg.wait_seconds
-        peeked = False
+        peeked = nudged = False
         while True:
             pos = self._sink.position(schema.table)
             if pos is not None and pos.lsn >= at:
@@ -202,6 +204,9 @@ class Verifier:
                     peeked = True  # the stopped daemon has changes to apply: Delta is behind
                 except SlotInUse:
                     pass  # the daemon took the slot meanwhile: its confirmed position will do
+            if active and not nudged and pos is not None:
+                self._reader.nudge()  # an idle daemon confirms past the snapshot once WAL is flushed
+                nudged = True
             if time.monotonic() >= deadline or self._stop.is_set():
                 held = "no position" if pos is None else f"position {pos.lsn}"
                 raise LakeBehind(

@@ -8,6 +8,7 @@ range is bounded (``KeyRange``, bytewise order for text keys, the loader's ``ran
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import psycopg
@@ -16,6 +17,7 @@ from psycopg import sql
 
 from cdc_replicator.model import ColumnSelection, KeyRange, Lsn, TableId, TableSchema
 from cdc_replicator.source import checks, pgerrors
+from cdc_replicator.source.decoding import MESSAGE_PREFIX
 from cdc_replicator.source.replication import quote_ident
 from cdc_replicator.source.snapshot import key_type_names, output_text, plan_ranges, range_condition
 from cdc_replicator.source.wire import MessageTag
@@ -43,17 +45,34 @@ class SnapshotReader:
         if self._side is not None:
             self._side.close()
 
+    def nudge(self) -> None:
+        """Write one tiny committed (so flushed) logical message the running daemon reads and skips.
+
+        WAL the server inserted but has not flushed yet (a trailing record no commit followed) is
+        not sent to the walsender, so an idle daemon would never confirm past a snapshot's insert
+        position; a commit after it makes the server flush it and the daemon confirm beyond it.
+        """
+        side = self._side_connection()
+        with pgerrors.translated("writing a logical message on the source failed"):
+            side.execute(
+                "select pg_logical_emit_message(true, %s, %s)", (MESSAGE_PREFIX, json.dumps({"op": "verify"}))
+            )
+
+    def _side_connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._side is None or self._side.closed:
+            self._side = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
+        return self._side
+
     def changes_pending(self, slot: str, publication: str, upto: Lsn) -> bool:
         """Whether the (inactive) slot holds row changes of the publication committed before ``upto``.
 
         Peeks, never consumes: with the daemon stopped, none pending means Delta holds everything
         the snapshot at ``upto`` sees. Raises a ``SourceError`` (55006) if a process streams from it.
         """
-        if self._side is None or self._side.closed:
-            self._side = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
+        side = self._side_connection()
         rows = (MessageTag.INSERT, MessageTag.UPDATE, MessageTag.DELETE, MessageTag.TRUNCATE)
         with pgerrors.translated(f"peeking replication slot {slot} failed"):
-            row = self._side.execute(
+            row = side.execute(
                 "select exists (select 1 from pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, null, "
                 "'proto_version', '1', 'publication_names', %s) where get_byte(data, 0) = any(%s))",
                 (slot, str(upto), quote_ident(publication), [int(t) for t in rows]),

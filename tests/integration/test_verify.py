@@ -186,13 +186,25 @@ def test_with_the_daemon_stopped_verify_compares_at_once_and_repair_rewrites_the
         pg,
         tmp_lake,
         tables,
-        table_extra={"public.items": {"exclude_columns": ["secret"]}},
+        table_extra={"public.items": {"exclude_columns": ["secret"]}, "public.pairs": {"soft_delete": True}},
         server={},
     )
     _verify_section(daemon.config, range_rows=1000, max_rows_per_second=0, wait_seconds=20)
     daemon.start()
+    daemon.wait_streaming()
     pg.execute("update items set v = 'streamed' where id between 10 and 20")
+    pg.execute("delete from pairs where b in ('k1', 'k2')")  # soft-deleted in Delta: absent for verify
     wait_until(lambda: _items_equal(pg, tmp_lake), timeout=60, message="items did not converge")
+    pairs = str(table_path(tmp_lake, "public.pairs"))
+
+    def soft_deleted() -> int:
+        try:
+            rows = DeltaTable(pairs).to_pyarrow_table(columns=["_cdc_deleted"]).column(0).to_pylist()
+        except TableNotFoundError:
+            return 0
+        return sum(1 for v in rows if v)
+
+    wait_until(lambda: soft_deleted() == 2, timeout=60, message="pairs rows were not soft-deleted")
     assert daemon.stop() == 0
 
     items = str(table_path(tmp_lake, "public.items"))
@@ -222,12 +234,13 @@ def test_with_the_daemon_stopped_verify_compares_at_once_and_repair_rewrites_the
     wait_until(lambda: _items_equal(pg, tmp_lake), timeout=60, message="items did not converge after restart")
     again = run_cli(daemon.config, "verify", timeout=60)
     assert again.returncode == 0, again.stdout + again.stderr
+    assert "table public.pairs: rows=498 " in again.stdout and "-> different" not in again.stdout
 
     # the last result of each table: in `status`, and exported by the daemon (another process)
     status = json.loads(run_cli(daemon.config, "status", "--json").stdout)
     last = {t["table"]: t["last_verify"] for t in status["tables"]}
     assert last["public.items"]["differences"] == 0 and last["public.items"]["rows"] == 3000
-    assert last["public.pairs"]["ranges"] == 1
+    assert last["public.pairs"]["ranges"] == 1 and last["public.pairs"]["differences"] == 0
     metrics = urllib.request.urlopen(daemon.http_address() + "/metrics", timeout=10).read().decode()
     assert 'cdc_verify_differences{table="public.items"} 0.0' in metrics
     assert 'cdc_verify_rows_checked{table="public.items"} 3000.0' in metrics
