@@ -96,3 +96,35 @@ def test_digests_keep_nan_negative_zero_and_null_apart() -> None:
     assert len(set(digests)) == 4
     assert range_digest(digests) == range_digest(reversed(digests))
     assert row_digests(t, ["f"])[0] == row_digests(t, ["f"])[0]  # NaN equals itself here
+
+
+def test_reads_are_paced_to_the_configured_rows_per_second() -> None:
+    import threading
+    from typing import Any, cast
+
+    from cdc_replicator.config import VerifyConfig
+    from cdc_replicator.engine.verify import Verifier
+
+    slept: list[float] = []
+    v = Verifier(
+        reader=cast(Any, None),
+        sink=cast(Any, None),
+        settings=VerifyConfig(max_rows_per_second=1000),
+        slot="s",
+        stop=threading.Event(),
+        sleep=slept.append,
+    )
+    for _ in range(3):
+        v._pace(500)
+    # each pause makes up what the reads so far are ahead of 1000 rows/s (this sleep does not pass time)
+    assert [round(x, 1) for x in slept] == [0.5, 1.0, 1.5]
+    unlimited: list[float] = []
+    Verifier(
+        reader=cast(Any, None),
+        sink=cast(Any, None),
+        settings=VerifyConfig(max_rows_per_second=0),
+        slot="s",
+        stop=threading.Event(),
+        sleep=unlimited.append,
+    )._pace(10**9)
+    assert unlimited == []
