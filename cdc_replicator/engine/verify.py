@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from cdc_replicator.config import Config, VerifyConfig
 from cdc_replicator.engine.rangediff import Key, RangeDiff, diff_range
 from cdc_replicator.engine.resync import request_resync
-from cdc_replicator.errors import ConfigError, LakeBehind, SlotInUse, SourceError
+from cdc_replicator.errors import ConfigError, LakeBehind, ReplicatorError, SlotInUse, SourceError
 from cdc_replicator.model import KeyRange, Lsn, TableId, TableSchema, VerifyResult
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.sink.plan import typed_columns
@@ -39,9 +39,18 @@ from cdc_replicator.source import checks
 from cdc_replicator.source.ranges import SnapshotReader
 from cdc_replicator.store.state import StateStore
 
-__all__ = ["TableVerdict", "Verifier", "run_verify"]
+__all__ = ["TableVerdict", "Verifier", "VerifyInterrupted", "run_verify"]
 
 logger = logging.getLogger(__name__)
+
+# more keys than this are repaired by a live re-sync of the whole table (one message holds the keys)
+MAX_REPAIR_KEYS = 100_000
+
+
+class VerifyInterrupted(ReplicatorError):
+    """Stopped on request (Ctrl-C / SIGTERM) before every table was compared: nothing is claimed."""
+
+    exit_code = 130
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,10 +234,16 @@ class Verifier:
         rows (the merges are sequenced by ``_cdc_lsn``) and its newer ones apply as usual.
         """
         written = 0
+        assert self._slot is not None
         for r in ranges:
             at = self._reader.begin()
             raw = self._reader.read(schema, r)
             self._wait_passed(schema, at)
+            if self._reader.slot_flushed(self._slot)[1]:
+                raise SourceError(
+                    f"verify --repair of {schema.table}: the daemon started while verify rewrote ranges",
+                    hint="run verify --repair again: with the daemon streaming it repairs through the daemon",
+                )
             done = self._sink.load_chunk(
                 schema,
                 raw.to_batches(),
@@ -294,21 +309,28 @@ def run_verify(
         )
         out: list[TableVerdict] = []
         for tid in wanted:
-            if stop.is_set():
-                break
             schema = schemas[tid]
-            verdict = verifier.table(schema)
+            verdict = _unless_stopped(verifier.table(schema), stop)
             report(verdict, schema, "")
             if repair and not verdict.equal:
                 _repair(cfg, reader, verifier, schema, verdict, stop)
-                verdict = verifier.table(schema)
+                verdict = _unless_stopped(verifier.table(schema), stop)
                 report(verdict, schema, " (after repair)")
-            if not stop.is_set():
-                _record(cfg, verdict)
+            _record(cfg, verdict)
             out.append(verdict)
         return out
     finally:
         reader.close()
+
+
+def _unless_stopped(verdict: TableVerdict, stop: threading.Event) -> TableVerdict:
+    """A verdict of a table whose comparison ran to its end; a stop cut it short: say so instead."""
+    if stop.is_set():
+        raise VerifyInterrupted(
+            f"verify was stopped while comparing {verdict.table}; nothing is claimed about it",
+            hint="run the same command again",
+        )
+    return verdict
 
 
 def _record(cfg: Config, verdict: TableVerdict) -> None:
@@ -362,9 +384,12 @@ def _repair(
     state = StateStore(cfg.state.url)
     try:
         with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
-            request = request_resync(conn, [schema.table], keys={schema.table: keys})
+            if len(keys) > MAX_REPAIR_KEYS:  # the whole table, in chunks, instead of one huge key list
+                request = request_resync(conn, [schema.table])
+            else:
+                request = request_resync(conn, [schema.table], keys={schema.table: keys})
         logger.info("verify repair requested table=%s keys=%d request=%s", schema.table, len(keys), request)
-        deadline = time.monotonic() + max(60.0, cfg.verify.wait_seconds)
+        deadline = time.monotonic() + max(60.0, cfg.verify.wait_seconds) + len(keys) / 1000
         while not stop.is_set():
             recs = [r for r in state.resyncs(src.slot) if r.request == request]
             if recs and recs[0].state == "done":

@@ -174,6 +174,8 @@ def test_verify_exits_3_with_the_fix_when_the_source_cannot_be_read(pg: PgDataba
     result = run_cli(cfg, "verify", timeout=60)
     err = refusal(result, 3)
     assert "cannot connect" in err and "hint:" in err
+    unknown = refusal(run_cli(cfg, "verify", "--table", "public.nope", timeout=60), 2)
+    assert "public.nope is not a configured table" in unknown
 
 
 @pytest.mark.parametrize("pg_binaries", NEWEST, indirect=True)
