@@ -199,6 +199,7 @@ class Verifier:
         assert self._slot is not None
         deadline = time.monotonic() + self._cfg.wait_seconds
         peeked = nudged = False
+        nudge_at = time.monotonic() + 1.0  # a streaming daemon usually gets there by itself
         while True:
             pos = self._sink.position(schema.table)
             if pos is not None and pos.lsn >= at:
@@ -213,7 +214,7 @@ class Verifier:
                     peeked = True  # the stopped daemon has changes to apply: Delta is behind
                 except SlotInUse:
                     pass  # the daemon took the slot meanwhile: its confirmed position will do
-            if active and not nudged and pos is not None:
+            if active and not nudged and pos is not None and time.monotonic() > nudge_at:
                 self._reader.nudge()  # an idle daemon confirms past the snapshot once WAL is flushed
                 nudged = True
             if time.monotonic() >= deadline or self._stop.is_set():

@@ -236,8 +236,12 @@ def test_with_the_daemon_stopped_verify_compares_at_once_and_repair_rewrites_the
     daemon.start()
     pg.execute("update items set v = 'after repair' where id in (11, 2500)")
     wait_until(lambda: _items_equal(pg, tmp_lake), timeout=60, message="items did not converge after restart")
-    # an idle daemon: verify makes the server flush the WAL behind its snapshot so the daemon confirms it
-    idle = run_cli(daemon.config, "verify", "--table", "public.pairs", timeout=60)
+    # an idle daemon, and WAL after the last commit that the server has no reason to flush (so the
+    # walsender never sends it): verify's own committed message makes it flush, and the daemon confirm
+    pg.execute("select pg_logical_emit_message(false, 'elsewhere', 'x')")
+    idle = run_cli(
+        daemon.config, "verify", "--table", "public.pairs", env={"CDC_REPLICATOR_VERIFY__WAIT_SECONDS": "5"}
+    )
     assert idle.returncode == 0, idle.stdout + idle.stderr
 
     # the last result of each table: in `status`, and exported by the daemon (another process)
