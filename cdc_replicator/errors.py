@@ -23,6 +23,8 @@ __all__ = [
     "ConfigError",
     "ContractViolation",
     "DecodeError",
+    "LakeBehind",
+    "LakeDiffers",
     "MissingKey",
     "MissingPrivilege",
     "NO_SQLSTATE",
@@ -151,6 +153,21 @@ class SinkError(ReplicatorError):
     """Writing to a Delta table failed."""
 
     exit_code = 7
+
+
+class LakeDiffers(ReplicatorError):
+    """``verify`` found Delta rows that differ from the source (missing, extra or other values)."""
+
+    exit_code = 8
+
+
+class LakeBehind(ReplicatorError):
+    """``verify`` could not compare: Delta did not reach the source snapshot's position in time.
+
+    Exit 3 like a source that cannot be read: the source cannot be read at a point Delta holds.
+    """
+
+    exit_code = 3
 
 
 # ---- PostgreSQL errors by SQLSTATE ---------------------------------------------------------------

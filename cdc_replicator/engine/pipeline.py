@@ -85,6 +85,9 @@ class Replicator:
             toast_reader=self._source_rows,
         )
         self._state = StateStore(config.state.url)
+        if metrics is not None:  # `verify` runs in its own process and leaves its results here
+            state, slot = self._state, self._slot
+            metrics.verify_results = lambda: state.verifies(slot)
         self._loads = Loads(
             config=config, sink=self._sink, state=self._state, observer=self._obs, stop=self._stop
         )

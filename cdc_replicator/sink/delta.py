@@ -522,6 +522,25 @@ class DeltaSink:
         reader = QueryBuilder().register("t", dt).execute(f"select {cols} from t where {where}")  # noqa: S608
         return pa.table(reader.read_all())
 
+    def rows_in_range(self, schema: TableSchema, key_range: KeyRange) -> pa.Table:
+        """The rows of ``key_range`` (pruned by the key predicate): ``schema``'s columns, ``_cdc_lsn``
+        and, for a soft-delete table, ``_cdc_deleted``; an empty table when there is no Delta table."""
+        table = schema.table
+        dt = self._open(table)
+        soft = table in self._soft
+        want = target_schema(schema, soft_delete=soft)
+        names = [*schema.column_names, "_cdc_lsn", *(["_cdc_deleted"] if soft else [])]
+        if dt is None:
+            return pa.table({n: pa.array([], want.field(n).type) for n in names})
+        have = set(self._arrow_schema(dt).names)
+        cols = ", ".join(quote(n) if n in have else f"NULL AS {quote(n)}" for n in names)
+        where = range_predicate(schema, key_range) or "true"
+        try:
+            reader = QueryBuilder().register("t", dt).execute(f"select {cols} from t where {where}")  # noqa: S608
+            return pa.table(reader.read_all())
+        except (DeltaError, OSError) as exc:
+            raise SinkError(f"reading a key range of {table} from {self.uri(table)} failed: {exc}") from exc
+
     def last_commit(self, table: TableId) -> tuple[int, datetime | None] | None:
         """The table's current version and when it was committed (None: no table)."""
         dt = self._open(table)

@@ -37,6 +37,7 @@ PURE = [
     f"{PACKAGE}.engine.batching",
     f"{PACKAGE}.engine.checkpoint",
     f"{PACKAGE}.engine.contracts",
+    f"{PACKAGE}.engine.rangediff",
     f"{PACKAGE}.engine.watermarks",
     f"{PACKAGE}.engine.window",
     f"{PACKAGE}.sink.plan",
