@@ -24,6 +24,8 @@ __all__ = [
     "ConfigError",
     "ContractViolation",
     "DecodeError",
+    "LakeBehind",
+    "LakeDiffers",
     "MissingKey",
     "MissingPrivilege",
     "NO_SQLSTATE",
@@ -41,6 +43,7 @@ __all__ = [
     "StorageFull",
     "SourceUnavailable",
     "SqlstateRule",
+    "TlsVerificationFailed",
     "WalLevelNotLogical",
     "from_os_errno",
     "from_sqlstate",
@@ -110,6 +113,11 @@ class AuthenticationFailed(SourceError):
     """The server does not let the role in: password, pg_hba.conf, LOGIN, unknown role."""
 
 
+class TlsVerificationFailed(SourceError):
+    """TLS to the server can never succeed as configured: its certificate fails verification
+    (``sslrootcert``, the host name) or it does not speak TLS. Waiting does not heal it."""
+
+
 class MissingPrivilege(SourceError):
     """The role lacks a privilege a statement needs (SQLSTATE 42501)."""
 
@@ -164,6 +172,21 @@ class StateStoreError(ReplicatorError):
 
     Exit 3, like a source that cannot be used: the daemon cannot record what it applied, so it
     must not go on (it would confirm what it cannot remember).
+    """
+
+    exit_code = 3
+
+
+class LakeDiffers(ReplicatorError):
+    """``verify`` found Delta rows that differ from the source (missing, extra or other values)."""
+
+    exit_code = 8
+
+
+class LakeBehind(ReplicatorError):
+    """``verify`` could not compare: Delta did not reach the source snapshot's position in time.
+
+    Exit 3 like a source that cannot be read: the source cannot be read at a point Delta holds.
     """
 
     exit_code = 3
@@ -268,7 +291,7 @@ SQLSTATE_RULES: tuple[SqlstateRule, ...] = (
         "28P01",
         AuthenticationFailed,
         False,
-        "the password of the role in source.dsn is wrong: give the right one (PGPASSWORD or PGPASSFILE)",
+        "the password of the role in source.dsn is wrong: give the right one (in source.dsn, source.password_file, PGPASSWORD or PGPASSFILE)",
     ),
     SqlstateRule(
         "28",
