@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from cdc_replicator.errors import ReplicatorError
+from cdc_replicator.errors import ReplicatorError, StorageFull
 from cdc_replicator.model import KeyRange, Lsn, TableId, TableSchema
 from cdc_replicator.service import failpoints
 from cdc_replicator.sink import ChunkWritten, LoadSink
@@ -307,9 +307,15 @@ class LoadInterrupted(ReplicatorError):
 
 
 def _retrying() -> Retrying:
-    """A chunk whose connection dropped is read again (the range overwrite makes that safe)."""
+    """A chunk whose connection dropped is read again (the range overwrite makes that safe).
+
+    A full lake is not retried chunk by chunk: the load stops at once with the fix (the daemon's own
+    back-off waits for space, saying why in /readyz; a ``snapshot`` command resumes when run again).
+    """
     return Retrying(
-        retry=retry_if_exception(lambda e: isinstance(e, ReplicatorError) and e.retryable),
+        retry=retry_if_exception(
+            lambda e: isinstance(e, ReplicatorError) and e.retryable and not isinstance(e, StorageFull)
+        ),
         wait=wait_exponential(multiplier=0.5, max=10),
         stop=stop_after_attempt(5),
         before_sleep=lambda st: logger.warning(

@@ -34,7 +34,14 @@ from cdc_replicator.engine.resync import Resyncer
 from cdc_replicator.engine.slotwatch import SlotWatch
 from cdc_replicator.engine.snapshot import Loads, narrowed
 from cdc_replicator.engine.stream import StreamLoop
-from cdc_replicator.errors import ConfigError, ReplicatorError, SourceError
+from cdc_replicator.errors import (
+    ConfigError,
+    ReplicatorError,
+    SinkError,
+    SourceError,
+    StateStoreError,
+    StorageFull,
+)
 from cdc_replicator.model import Lsn, TableId, TableSchema
 from cdc_replicator.service.health import HealthState, Phase, TableState
 from cdc_replicator.service.metrics import Metrics
@@ -173,12 +180,22 @@ class Replicator:
         exc = state.outcome.exception() if state.outcome is not None else None
         wait = state.next_action.sleep if state.next_action is not None else 0.0
         first = str(exc).splitlines()[0] if exc else "?"
+        waiting_for = None
+        if isinstance(exc, SinkError | StateStoreError):  # not the source: say what, and how to fix it
+            if isinstance(exc, StateStoreError):
+                waiting_for = "state store unavailable, retrying"
+            elif isinstance(exc, StorageFull):
+                waiting_for = "lake storage full, retrying"
+            else:
+                waiting_for = "Delta write failed, retrying"
+            if exc.hint:
+                first = f"{exc.message}; fix: {exc.hint}"
         logger.warning("retrying in %.1fs after: %s", wait, first)
         kind = type(exc).__name__ if exc is not None else "unknown"
         if self._metrics is not None:
             self._metrics.errors.labels(kind=kind).inc()
             self._metrics.retries.labels(kind=kind).inc()
-        self._health.set_phase(Phase.RETRYING, error=first if exc else None)
+        self._health.set_phase(Phase.RETRYING, error=first if exc else None, waiting_for=waiting_for)
 
     def _sleep(self, seconds: float) -> None:
         """A back-off wait: waiting on purpose, so the health keeps beating."""

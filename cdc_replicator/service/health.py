@@ -44,6 +44,7 @@ class TableState(StrEnum):
 
 
 _NOT_READY_TABLE = frozenset({TableState.PAUSED, TableState.FAILED})
+_WAITING_FOR_SOURCE = "source unavailable, retrying"
 
 
 @dataclass(slots=True)
@@ -76,6 +77,7 @@ class HealthState:
         self._phase = Phase.STARTING
         self._connected = False
         self._error: str | None = None
+        self._waiting_for = _WAITING_FOR_SOURCE
         self._tables: dict[TableId, _Table] = {t: _Table() for t in tables}
         # (commit LSN, commit time) of each transaction received and not yet applied, oldest first
         self._pending: deque[tuple[int, datetime]] = deque()
@@ -90,11 +92,14 @@ class HealthState:
     def beat(self) -> None:
         self._beat = self._clock()  # one float store: atomic under the GIL, no lock on the hot path
 
-    def set_phase(self, phase: Phase, *, error: str | None = None) -> None:
+    def set_phase(self, phase: Phase, *, error: str | None = None, waiting_for: str | None = None) -> None:
+        """``waiting_for`` (RETRYING): what the retry waits for, as /readyz says it (default: the source)."""
         with self._lock:
             changed = (phase, error) != (self._phase, self._error)
             self._phase = phase
             self._error = error
+            if phase is Phase.RETRYING:
+                self._waiting_for = waiting_for or _WAITING_FOR_SOURCE
             if phase in (Phase.RETRYING, Phase.FAILED, Phase.STOPPING):
                 self._connected = False
             self._beat = self._clock()
@@ -180,7 +185,7 @@ class HealthState:
                 what = {
                     Phase.STARTING: "starting: checking the source",
                     Phase.LOADING: "initial load in progress",
-                    Phase.RETRYING: "source unavailable, retrying",
+                    Phase.RETRYING: self._waiting_for,
                     Phase.STOPPING: "stopping",
                     Phase.FAILED: "failed",
                 }[self._phase]

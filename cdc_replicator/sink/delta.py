@@ -49,6 +49,7 @@ from cdc_replicator.sink.plan import (
     toast_gaps,
     typed_columns,
 )
+from cdc_replicator.sink.storage import storage_error
 from cdc_replicator.types import arrow_type
 
 __all__ = ["DeltaSink"]
@@ -111,9 +112,10 @@ class DeltaSink:
         except TableNotFoundError:
             return None
         except (DeltaError, OSError) as exc:
-            raise SinkError(
-                f"cannot open the Delta table of {table} at {self.uri(table)}", retryable=True
-            ) from exc
+            where = self.uri(table)
+            raise storage_error(
+                exc, context=f"cannot open the Delta table of {table}", path=where
+            ) or SinkError(f"cannot open the Delta table of {table} at {where}", retryable=True) from exc
         self._tables[table] = dt
         return dt
 
@@ -162,7 +164,10 @@ class DeltaSink:
             else:
                 self._write(table, tschema.empty_table(), props, mode="append")
         except (DeltaError, OSError) as exc:
-            raise SinkError(f"cannot prepare the Delta table of {table} at {self.uri(table)}: {exc}") from exc
+            where = self.uri(table)
+            raise storage_error(
+                exc, context=f"cannot prepare the Delta table of {table}", path=where
+            ) or SinkError(f"cannot prepare the Delta table of {table} at {where}: {exc}") from exc
         self._tables.pop(table, None)
 
     def load_chunk(
@@ -249,8 +254,9 @@ class DeltaSink:
         except (DeltaError, OSError) as exc:
             if source_failed:  # reading failed, not writing: the source's error says what to do
                 raise source_failed[0]  # noqa: B904 - its own cause chain is the one to show
-            raise SinkError(
-                f"writing a chunk of {table} to {self.uri(table)} failed: {exc}", retryable=True
+            where = self.uri(table)
+            raise storage_error(exc, context=f"writing a chunk of {table} failed", path=where) or SinkError(
+                f"writing a chunk of {table} to {where} failed: {exc}", retryable=True
             ) from exc
         return ChunkWritten(counted[0], self._files_added(table, token), counted[1])
 
@@ -273,7 +279,10 @@ class DeltaSink:
         try:
             self._write(table, tschema.empty_table(), props, mode="append")
         except (DeltaError, OSError) as exc:
-            raise SinkError(f"recording the load position of {table} failed: {exc}", retryable=True) from exc
+            context = f"recording the load position of {table} failed"
+            raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+                f"{context}: {exc}", retryable=True
+            ) from exc
         self._tables.pop(table, None)
 
     def _write(
@@ -377,8 +386,9 @@ class DeltaSink:
                 dt.update_incremental()
         except (DeltaError, OSError) as exc:
             self._tables.pop(table, None)
-            raise SinkError(
-                f"merge into {table} up to {_describe(position)} failed: {exc}",
+            context = f"merge into {table} up to {_describe(position)} failed"
+            raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+                f"{context}: {exc}",
                 hint="the daemon retries; if another process writes this table, stop it",
                 retryable=True,
             ) from exc
@@ -499,7 +509,10 @@ class DeltaSink:
                 done += [f"added {f.name} {f.type}" for f in missing]
         except (DeltaError, OSError) as exc:
             self._tables.pop(table, None)
-            raise SinkError(f"evolving the Delta table of {table} failed: {exc}", retryable=True) from exc
+            context = f"evolving the Delta table of {table} failed"
+            raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+                f"{context}: {exc}", retryable=True
+            ) from exc
         self._tables.pop(table, None)
         return done
 
