@@ -11,8 +11,10 @@ proxy; the workload writes to the server directly.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import signal
 import threading
 import time
 import urllib.error
@@ -256,10 +258,10 @@ def test_latency_and_a_slow_link_under_load_converge_and_stay_ready(
     url = daemon.http_address()
     daemon.wait_streaming(timeout=90)
     wait_until(lambda: _get(url + "/readyz")[0] == 200, timeout=30, message="never ready")
-    writer = _Writer(db, seed=52, per_round=5)
+    writer = _Writer(db, seed=52, per_round=3)
     codes: list[int] = []
     try:
-        until = time.monotonic() + 5
+        until = time.monotonic() + 4
         while time.monotonic() < until:
             codes.append(_get(url + "/readyz")[0])
             time.sleep(0.25)
@@ -275,7 +277,16 @@ def test_latency_and_a_slow_link_under_load_converge_and_stay_ready(
     assert daemon.stop() == 0
 
 
-def test_an_idle_stream_whose_walsender_answers_the_ping_is_never_taken_for_a_dead_path(
+def _reader_pid(daemon: Daemon) -> int:
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise AssertionError("no replication reader process")
+
+
+def test_an_idle_stream_lives_on_pings_and_a_frozen_reader_turns_readyz_then_healthz_red(
     db: PgDatabase, proxy: TcpProxy, tmp_lake: Path, daemon: Daemon
 ) -> None:
     create_schema(db, rows=20, seed=71)
@@ -288,20 +299,34 @@ def test_an_idle_stream_whose_walsender_answers_the_ping_is_never_taken_for_a_de
         tmp_lake,
         TABLES,
         source_extra={"wal_receiver_timeout_seconds": 1.5, "status_interval_seconds": 30.0},
-        server={},
+        server={"liveness_timeout_seconds": 2.0},
     )
     daemon.start()
     url = daemon.http_address()
     daemon.wait_streaming()
     wait_until(lambda: _get(url + "/readyz")[0] == 200, timeout=30, message="never ready")
     codes: list[int] = []
-    until = time.monotonic() + 5  # more than three timeouts without a change on the source
+    until = time.monotonic() + 4  # more than two timeouts without a change on the source
     while time.monotonic() < until:
         codes.append(_get(url + "/readyz")[0])
         time.sleep(0.2)
     assert "retrying in" not in _log(daemon), daemon.output()
     assert all(c == 200 for c in codes), codes
     assert _streams(daemon) == 1
+    # a reader that hangs (here: stopped) leaves the main loop idling on nothing: that is no progress
+    reader = _reader_pid(daemon)
+    os.kill(reader, signal.SIGSTOP)
+    try:
+        ready = wait_until(
+            lambda: (r := _get(url + "/readyz"))[0] == 503 and r[1], timeout=10, message="/readyz stayed 200"
+        )
+        assert any("no message from the source" in r for r in ready["reasons"]), ready
+        assert ready["connected"] is False
+        wait_until(lambda: _get(url + "/healthz")[0] == 503, timeout=15, message="/healthz stayed 200")
+    finally:
+        os.kill(reader, signal.SIGCONT)
+    wait_until(lambda: _get(url + "/healthz")[0] == 200, timeout=30, message="not alive again")
+    wait_until(lambda: _get(url + "/readyz")[0] == 200, timeout=30, message="not ready again")
     assert daemon.stop() == 0
 
 
