@@ -60,7 +60,7 @@ class SourceConfig:
         metadata=key(c.positive_float, "Cap of the exponential backoff between reconnect attempts."),
     )
     retry_reset_seconds: float = field(
-        default=3.0,
+        default=1.0,
         metadata=key(
             c.nonnegative_float,
             "The reconnect backoff starts again from its first wait once a stream was healthy this long.",

@@ -21,7 +21,7 @@ class Backoff:
 
     first: float = 0.5
     cap: float = 30.0
-    reset_after: float = 3.0  # 0: never reset
+    reset_after: float = 1.0  # 0: never reset
     failures: int = 0  # failures in a row
     _failing_since: float | None = None
     _streaming_since: float | None = None
