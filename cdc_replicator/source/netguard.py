@@ -30,7 +30,7 @@ import termios
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -111,7 +111,9 @@ class Watch:
     armed_at: float
     inode: str | None = None
     fired: bool = False
-    seen: float = field(default=0.0)
+    # a socket a library opens during the call (fd -1 until seen): sockets not in ``before``, to ``port``
+    before: dict[int, str] | None = None
+    port: int = 0
 
 
 def _silence(fd: int, since_armed: float) -> float:
@@ -174,6 +176,28 @@ class SilenceGuard:
             with self._lock:
                 self._watches.discard(w)
 
+    @contextlib.contextmanager
+    def watching_new(self, before: dict[int, str], port: int, timeout: float, what: str) -> Iterator[Watch]:
+        """``watching`` for the socket a library opens inside the body (see ``new_socket``), found
+        while the body runs: a connect whose start-up queries hang is ended like any other call.
+
+        Hold ``CONNECT_LOCK`` around it, so that the new socket is the body's.
+        """
+        w = Watch(-1, timeout, what, time.monotonic(), None, before=before, port=port)
+        if timeout <= 0:
+            yield w
+            return
+        with self._lock:
+            self._watches.add(w)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="cdc-silence-guard", daemon=True)
+                self._thread.start()
+        try:
+            yield w
+        finally:
+            with self._lock:
+                self._watches.discard(w)
+
     def _run(self) -> None:
         while True:
             with self._lock:
@@ -185,6 +209,11 @@ class SilenceGuard:
                 for w in watches:
                     if w.fired:
                         continue
+                    if w.before is not None and (w.fd < 0 or _inode(w.fd) != w.inode):
+                        w.fd = new_socket(w.before, w.port)  # (again: the library may reconnect)
+                        w.inode = _inode(w.fd) if w.fd >= 0 else None
+                        if w.fd < 0:
+                            continue
                     silent = _silence(w.fd, now - w.armed_at)
                     if silent < w.timeout or _unread(w.fd) > 0:
                         continue

@@ -354,22 +354,31 @@ def copy_table_arrow(
         application_name="cdc-replicator snapshot",
     )
     what = f"copying {schema.table}"
+    port = netguard.dsn_port(dsn)
     with netguard.CONNECT_LOCK:  # the driver does not tell its socket: find the one it opened
         before = netguard.socket_inodes() if silence_timeout > 0 else {}
-        try:
-            conn = adbc.connect(conninfo)
-        except adbc_driver_manager.Error as exc:
-            raise pgerrors.connect_error(
-                conninfo, exc, context=f"copy of {schema.table}: cannot connect"
-            ) from exc
-        fd = netguard.new_socket(before, netguard.dsn_port(dsn)) if silence_timeout > 0 else -1
+        # its connect runs catalog queries, which a half-open path would stall past connect_timeout
+        with netguard.GUARD.watching_new(
+            before, port, silence_timeout, f"connecting to copy {schema.table}"
+        ) as w:
+            try:
+                conn = adbc.connect(conninfo)
+            except adbc_driver_manager.Error as exc:
+                if w.fired:
+                    raise netguard.silence_error(
+                        silence_timeout, f"connecting to copy {schema.table}"
+                    ) from exc
+                raise pgerrors.connect_error(
+                    conninfo, exc, context=f"copy of {schema.table}: cannot connect"
+                ) from exc
+        fd = netguard.new_socket(before, port) if silence_timeout > 0 else -1
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("set transaction isolation level repeatable read, read only")
-            if snapshot is not None:
-                cur.execute(f"set transaction snapshot '{snapshot}'")
             with netguard.GUARD.watching(fd, silence_timeout, what) as w:
                 try:
+                    cur.execute("set transaction isolation level repeatable read, read only")
+                    if snapshot is not None:
+                        cur.execute(f"set transaction snapshot '{snapshot}'")
                     cur.execute(query.as_string(None))
                     reader = cur.fetch_record_batch()
                 except adbc_driver_manager.Error as exc:

@@ -240,6 +240,42 @@ def test_a_silent_partition_is_detected_within_the_timeout_reported_by_readyz_an
     assert daemon.stop() == 0
 
 
+def test_a_partition_during_the_initial_load_ends_the_silent_copies_and_their_chunks_are_read_again(
+    db: PgDatabase, proxy: TcpProxy, tmp_lake: Path, daemon: Daemon
+) -> None:
+    create_schema(db, rows=600, seed=81)
+    timeout = 3.0
+    write_config(
+        daemon.config,
+        _through(db, proxy),
+        tmp_lake,
+        TABLES,
+        source_extra={"wal_receiver_timeout_seconds": timeout, "connect_timeout_seconds": 2},
+    )
+    daemon.config.write_text(daemon.config.read_text() + "[snapshot]\nchunk_rows = 100\nparallel = 2\n")
+    proxy.set_rate(150_000)  # a slow link, so that the partition finds copies in flight
+
+    def copying(c: ProxiedConnection) -> bool:
+        return _side(c) and "snapshot" in c.application_name and c.bytes_down > 30_000  # rows flow
+
+    daemon.start()
+    wait_until(lambda: any(copying(c) for c in proxy.connections()), timeout=60, message="no copy started")
+    proxy.partition()
+    time.sleep(timeout + 1.5)
+    proxy.heal()
+    proxy.set_rate(None)
+    daemon.wait_streaming(timeout=90)
+    wait_converged(db, tmp_lake, TABLES, daemon=daemon, timeout=60)
+    _assert_unique_keys(tmp_lake)
+    log = _log(daemon)
+    # the driver's start-up catalog queries or the COPY itself: either was silent, and was ended
+    assert re.search(r"no data from the source for \d+s while (connecting to copy|copying)", log), (
+        daemon.output()
+    )
+    assert "chunk retry after" in log
+    assert daemon.stop() == 0
+
+
 def test_latency_and_a_slow_link_under_load_converge_and_stay_ready(
     db: PgDatabase, proxy: TcpProxy, tmp_lake: Path, daemon: Daemon
 ) -> None:
