@@ -23,6 +23,8 @@ __all__ = [
     "ConfigError",
     "ContractViolation",
     "DecodeError",
+    "LakeBehind",
+    "LakeDiffers",
     "MissingKey",
     "MissingPrivilege",
     "NO_SQLSTATE",
@@ -36,6 +38,7 @@ __all__ = [
     "SourceError",
     "SourceUnavailable",
     "SqlstateRule",
+    "TlsVerificationFailed",
     "WalLevelNotLogical",
     "from_sqlstate",
     "replication_start_error",
@@ -104,6 +107,11 @@ class AuthenticationFailed(SourceError):
     """The server does not let the role in: password, pg_hba.conf, LOGIN, unknown role."""
 
 
+class TlsVerificationFailed(SourceError):
+    """TLS to the server can never succeed as configured: its certificate fails verification
+    (``sslrootcert``, the host name) or it does not speak TLS. Waiting does not heal it."""
+
+
 class MissingPrivilege(SourceError):
     """The role lacks a privilege a statement needs (SQLSTATE 42501)."""
 
@@ -145,6 +153,21 @@ class SinkError(ReplicatorError):
     """Writing to a Delta table failed."""
 
     exit_code = 7
+
+
+class LakeDiffers(ReplicatorError):
+    """``verify`` found Delta rows that differ from the source (missing, extra or other values)."""
+
+    exit_code = 8
+
+
+class LakeBehind(ReplicatorError):
+    """``verify`` could not compare: Delta did not reach the source snapshot's position in time.
+
+    Exit 3 like a source that cannot be read: the source cannot be read at a point Delta holds.
+    """
+
+    exit_code = 3
 
 
 # ---- PostgreSQL errors by SQLSTATE ---------------------------------------------------------------
@@ -246,7 +269,7 @@ SQLSTATE_RULES: tuple[SqlstateRule, ...] = (
         "28P01",
         AuthenticationFailed,
         False,
-        "the password of the role in source.dsn is wrong: give the right one (PGPASSWORD or PGPASSFILE)",
+        "the password of the role in source.dsn is wrong: give the right one (in source.dsn, source.password_file, PGPASSWORD or PGPASSFILE)",
     ),
     SqlstateRule(
         "28",

@@ -22,7 +22,8 @@ Any other variable that starts with ``CDC_REPLICATOR_`` is an error (typo protec
 
 Paths: a relative ``target.uri`` and a relative sqlite path in ``state.url`` are kept as given and
 so resolve against the working directory of the process, not the directory of the config file.
-The source password never has to be in the file: libpq also reads ``PGPASSWORD`` and ``PGPASSFILE``.
+The source password never has to be in the file: libpq also reads ``PGPASSWORD`` and ``PGPASSFILE``,
+and ``source.password_file`` names a file holding it (``secrets.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from cdc_replicator.config.converters import Invalid
 from cdc_replicator.config.keys import ENV_PREFIX, KeySpec, Section, env_name, keys_of, sections_of
+from cdc_replicator.config.secrets import with_password_file
 from cdc_replicator.config.sections import Config, SourceConfig, TableConfig
 from cdc_replicator.errors import ConfigError
 from cdc_replicator.model import TableId
@@ -319,7 +321,9 @@ class _Document:
                 built[s.name] = self._build_tables(cast(SourceConfig, built["source"]).mode)
             else:
                 built[s.name] = self._build(s.cls, s.name, self.sections[s.name], in_entry=False)
-        return Config(**built)
+        given = self.sections["source"].get("password_file")
+        label = _label("source.password_file", given) if given else "source.password_file"
+        return with_password_file(Config(**built), label=label)
 
     def _build(self, cls: type[_D], path: str, raw: Mapping[str, _Val], *, in_entry: bool) -> _D:
         values: dict[str, object] = {}

@@ -30,6 +30,10 @@ class SourceConfig:
     dsn: str = field(
         metadata=key(c.nonempty_str, "libpq connection string (URL or key=value form).", redact=redact_dsn)
     )
+    password_file: str = field(
+        default="",
+        metadata=key(c.any_str, "File whose first line is the source password (instead of one in dsn)."),
+    )
     mode: SourceMode = field(
         default="logical",
         metadata=key(
@@ -235,6 +239,29 @@ class WatermarkConfig:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class VerifyConfig:
+    """``cdc-replicator verify``: comparing each Delta table with its source, range by range."""
+
+    range_rows: int = field(
+        default=10_000, metadata=key(c.positive_int, "Rows per compared key range (read into memory).")
+    )
+    max_rows_per_second: int = field(
+        default=50_000,
+        metadata=key(c.nonnegative_int, "Rate limit of the reads (both sides), rows per second; 0 = none."),
+    )
+    wait_seconds: float = field(
+        default=60.0,
+        metadata=key(c.positive_float, "How long to wait for Delta to reach a range's source snapshot."),
+    )
+    recheck_rounds: int = field(
+        default=2,
+        metadata=key(c.nonnegative_int, "Fresh snapshots a difference must survive before it is reported."),
+    )
+
+    __repr__ = redacted_repr
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class StateConfig:
     """The SQLAlchemy URL of the operational state store."""
 
@@ -302,6 +329,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
     watermark: WatermarkConfig = WatermarkConfig()
+    verify: VerifyConfig = VerifyConfig()
 
     @property
     def table_ids(self) -> tuple[TableId, ...]:

@@ -71,6 +71,10 @@ class Observer:
         m.changes_applied.labels(table=name, op="delete").inc(result.deleted)
         if result.truncated:
             m.truncates.labels(table=name).inc()
+        if result.toast_read:
+            m.toast_read.labels(table=name).inc(result.toast_read)
+        if result.toast_unknown:
+            m.toast_unknown.labels(table=name).inc(result.toast_unknown)
 
     def batch_applied(self, done: BatchApplied, seconds: float) -> None:
         """Every table of a batch committed (and what could be confirmed was)."""

@@ -33,6 +33,7 @@ from cdc_replicator.service.metrics import Metrics
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.source import checks, objects
 from cdc_replicator.source.logical import LogicalSource
+from cdc_replicator.source.refetch import SourceRows
 from cdc_replicator.source.watermark import WatermarkSource
 from cdc_replicator.store.state import StateStore, migrations_dir
 
@@ -63,14 +64,24 @@ class Replicator:
         self._selections = config.selections
         self._slot = config.source.slot
         self._tables = config.table_ids
+        # unchanged TOAST values of rows Delta lost are read from the source by key
+        self._source_rows = SourceRows(
+            config.source.dsn,
+            connect_timeout=config.source.connect_timeout_seconds,
+            silence_timeout=config.source.wal_receiver_timeout_seconds,
+        )
         self._sink = DeltaSink(
             config.target.uri,
             slot=self._slot,
             storage_options=dict(config.target.storage_options),
             soft_delete=[t.name for t in config.tables if t.soft_delete],
             target_file_size=config.target.target_file_size,
+            toast_reader=self._source_rows,
         )
         self._state = StateStore(config.state.url)
+        if metrics is not None:  # `verify` runs in its own process and leaves its results here
+            state, slot = self._state, self._slot
+            metrics.verify_results = lambda: state.verifies(slot)
         self._loads = Loads(
             config=config, sink=self._sink, state=self._state, observer=self._obs, stop=self._stop
         )
@@ -78,6 +89,7 @@ class Replicator:
         self._last_heard: Callable[[], float] | None = None  # the stream's, while one runs
 
     def close(self) -> None:
+        self._source_rows.close()
         self._state.close()
 
     # ---- entry points ----------------------------------------------------------------------
@@ -305,6 +317,7 @@ class Replicator:
             self._health.set_connected(False)
             source.close()
             resync.close()
+            self._source_rows.close()
         logger.info("stream stopped slot=%s confirmed=%s", self._slot, confirmed)
 
     def _load_domains(self) -> dict[int, tuple[int, int]]:

@@ -13,7 +13,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_replicator.errors import ConfigError, ReplicatorError
-from cdc_replicator.model import KeyRange, Lsn, Position, TableId, TablePosition, WatermarkPosition
+from cdc_replicator.model import (
+    KeyRange,
+    Lsn,
+    Position,
+    TableId,
+    TablePosition,
+    VerifyResult,
+    WatermarkPosition,
+)
 from cdc_replicator.store.migrations import apply_migrations, migrations_dir
 
 __all__ = [
@@ -322,6 +330,45 @@ class StateStore:
                     "now": _now(),
                 },
             )
+
+    # ---- verify ------------------------------------------------------------------------------
+
+    def record_verify(self, slot: str, result: VerifyResult) -> None:
+        """Replace the table's last verify result."""
+        with self._engine.begin() as conn:
+            params = {"s": slot, "t": result.table}
+            conn.execute(text("delete from cdc_verify where slot = :s and table_name = :t"), params)
+            conn.execute(
+                text(
+                    "insert into cdc_verify (slot, table_name, finished_at, rows, ranges, differences, seconds) "
+                    "values (:s, :t, :at, :n, :r, :d, :sec)"
+                ),
+                {
+                    **params,
+                    "at": result.finished_at.astimezone(UTC).isoformat(),
+                    "n": result.rows,
+                    "r": result.ranges,
+                    "d": result.differences,
+                    "sec": result.seconds,
+                },
+            )
+
+    def verifies(self, slot: str) -> list[VerifyResult]:
+        """The last verify result of each table of ``slot``."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "select table_name, finished_at, rows, ranges, differences, seconds from cdc_verify "
+                    "where slot = :s order by table_name"
+                ),
+                {"s": slot},
+            ).fetchall()
+        return [
+            VerifyResult(
+                str(r[0]), datetime.fromisoformat(str(r[1])), int(r[2]), int(r[3]), int(r[4]), float(r[5])
+            )
+            for r in rows
+        ]
 
     # ---- table status ----------------------------------------------------------------------
 
