@@ -133,7 +133,7 @@ def _side(c: ProxiedConnection) -> bool:
 def test_resets_of_the_walsender_load_workers_and_side_connections_at_random_moments_converge(
     db: PgDatabase, proxy: TcpProxy, tmp_lake: Path, daemon: Daemon
 ) -> None:
-    create_schema(db, rows=600, seed=31)
+    create_schema(db, rows=400, seed=31)
     write_config(
         daemon.config,
         _through(db, proxy),
@@ -160,10 +160,10 @@ def test_resets_of_the_walsender_load_workers_and_side_connections_at_random_mom
     daemon.wait_streaming(timeout=90)
     writer = _Writer(db, seed=32)
     try:
-        for n in range(5):  # the walsender (and a side connection), at a random moment of each stream
+        for n in range(4):  # the walsender (and a side connection), at a random moment of each stream
             before = _streams(daemon)
             time.sleep(rng.uniform(0.2, 1.0))
-            if n < 4:
+            if n < 3:
                 assert proxy.cut(_walsender) >= 1, f"round {n}: no walsender to cut"
                 time.sleep(rng.uniform(0.1, 0.5))
                 proxy.cut(_side)
@@ -177,7 +177,7 @@ def test_resets_of_the_walsender_load_workers_and_side_connections_at_random_mom
     wait_converged(db, tmp_lake, TABLES, daemon=daemon, timeout=90)
     _assert_unique_keys(tmp_lake)
     assert cut_during_load > 0, "no load connection was cut: the test did not test the load"
-    assert _streams(daemon) >= 6, "the walsender was not cut and reconnected"
+    assert _streams(daemon) >= 5, "the walsender was not cut and reconnected"
     assert daemon.alive(), daemon.output()
     assert daemon.stop() == 0
 
@@ -279,7 +279,7 @@ def test_a_partition_during_the_initial_load_ends_the_silent_copies_and_their_ch
 def test_latency_and_a_slow_link_under_load_converge_and_stay_ready(
     db: PgDatabase, proxy: TcpProxy, tmp_lake: Path, daemon: Daemon
 ) -> None:
-    create_schema(db, rows=400, seed=51)  # ~0.6 MB of accounts: one COPY batch takes longer than the timeout
+    create_schema(db, rows=300, seed=51)  # ~0.5 MB of accounts: one COPY batch takes longer than the timeout
     write_config(
         daemon.config,
         _through(db, proxy),
