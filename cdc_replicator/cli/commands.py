@@ -275,7 +275,9 @@ def migrate(ctx: click.Context, on_source: bool) -> None:
     if not on_source:
         return
     src = cfg.source
-    with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
+    with checks.connect(
+        src.dsn, connect_timeout=src.connect_timeout_seconds, silence_timeout=src.wal_receiver_timeout_seconds
+    ) as conn:
         applied = objects.apply_source_migrations(conn, migrations_dir("source"))
     click.echo(f"source: applied {', '.join(applied)}" if applied else "source: up to date")
 
@@ -302,7 +304,9 @@ def teardown(ctx: click.Context, yes: bool, drop_schema: bool) -> None:
         what.append("schema cdc_replicator")
     if not yes:
         click.confirm(f"drop {', '.join(what)} on the source?", abort=True, err=True)
-    with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
+    with checks.connect(
+        src.dsn, connect_timeout=src.connect_timeout_seconds, silence_timeout=src.wal_receiver_timeout_seconds
+    ) as conn:
         dropped = objects.teardown(conn, slot=src.slot, publication=src.publication, drop_schema=drop_schema)
     store = StateStore(cfg.state.url)
     try:

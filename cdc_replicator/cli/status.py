@@ -39,7 +39,11 @@ def collect_status(cfg: Config) -> dict[str, Any]:
     server_lsn: Lsn | None = None
     daemon_running: bool | None = None
     try:
-        with checks.connect(cfg.source.dsn, connect_timeout=cfg.source.connect_timeout_seconds) as conn:
+        with checks.connect(
+            cfg.source.dsn,
+            connect_timeout=cfg.source.connect_timeout_seconds,
+            silence_timeout=cfg.source.wal_receiver_timeout_seconds,
+        ) as conn:
             info = checks.slot_info(conn, slot_name)
             stats = checks.slot_stats(conn, slot_name)
         server_lsn = stats.server_lsn
@@ -106,7 +110,11 @@ def _watermark_status(
     """Watermark mode: no slot; each table's watermark from its newest Delta commit."""
     replica: dict[str, Any]
     try:
-        with checks.connect(cfg.source.dsn, connect_timeout=cfg.source.connect_timeout_seconds) as conn:
+        with checks.connect(
+            cfg.source.dsn,
+            connect_timeout=cfg.source.connect_timeout_seconds,
+            silence_timeout=cfg.source.wal_receiver_timeout_seconds,
+        ) as conn:
             row = conn.execute(
                 "select pg_is_in_recovery(), extract(epoch from now() - pg_last_xact_replay_timestamp()), "
                 "(select count(*) from pg_stat_activity where application_name = 'cdc-replicator watermark' "

@@ -52,9 +52,23 @@ class SourceConfig:
     connect_timeout_seconds: float = field(
         default=10.0, metadata=key(c.positive_float, "Seconds to wait for a connection.")
     )
+    wal_receiver_timeout_seconds: float = field(
+        default=60.0,
+        metadata=key(
+            c.nonnegative_float,
+            "Seconds without a byte from the source before its path counts as dead; 0 = never.",
+        ),
+    )
     retry_max_seconds: float = field(
         default=30.0,
         metadata=key(c.positive_float, "Cap of the exponential backoff between reconnect attempts."),
+    )
+    retry_reset_seconds: float = field(
+        default=1.0,
+        metadata=key(
+            c.nonnegative_float,
+            "The reconnect backoff starts again from its first wait once a stream was healthy this long.",
+        ),
     )
     retry_give_up_seconds: float = field(
         default=0.0,

@@ -105,6 +105,7 @@ class Loader:
         stop: threading.Event,
         progress: ProgressSink | None = None,
         connect_timeout: float = 10.0,
+        silence_timeout: float = 0.0,
         arrow_copy: bool = True,
     ) -> None:
         self._dsn = dsn
@@ -116,6 +117,7 @@ class Loader:
         self._stop = stop
         self._progress: ProgressSink = progress or _Silent()
         self._connect_timeout = connect_timeout
+        self._silence_timeout = silence_timeout
         self._lock = threading.Lock()
         self._arrow = arrow_copy and arrow_copy_available()
 
@@ -136,7 +138,11 @@ class Loader:
         work: list[_Work] = []
         remaining: dict[TableId, int] = {}
         totals: dict[TableId, int] = {}
-        with checks.connect(self._dsn, connect_timeout=self._connect_timeout) as conn:
+        # planning samples and counts whole tables, which may send nothing back for minutes
+        planning = 0.0 if self._silence_timeout <= 0 else max(10 * self._silence_timeout, 600.0)
+        with checks.connect(
+            self._dsn, connect_timeout=self._connect_timeout, silence_timeout=planning
+        ) as conn:
             for schema in schemas:
                 table = schema.table
                 rec = None if fresh else self._state.load(self._slot, table)
@@ -252,11 +258,22 @@ class Loader:
         for attempt in _retrying():
             with attempt:
                 if conn is None or conn.closed:
-                    conn = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
+                    conn = checks.connect(
+                        self._dsn,
+                        connect_timeout=self._connect_timeout,
+                        silence_timeout=self._silence_timeout,
+                    )
                 try:
                     failpoints.hit("chunk_read")
                     rows = (
-                        copy_table_arrow(self._dsn, w.schema, snapshot=snapshot, where=where)
+                        copy_table_arrow(
+                            self._dsn,
+                            w.schema,
+                            snapshot=snapshot,
+                            where=where,
+                            connect_timeout=self._connect_timeout,
+                            silence_timeout=self._silence_timeout,
+                        )
                         if self._arrow
                         else copy_table(conn, w.schema, snapshot=snapshot, where=where)
                     )

@@ -48,6 +48,11 @@ class Observer:
     def beat(self) -> None:
         self.health.beat()
 
+    def idle_beat(self) -> None:
+        """An idle turn is progress only while the source is heard from (not a wait on a dead path)."""
+        if self.health.source_heard():
+            self.health.beat()
+
     def txn_received(self, begin: Begin) -> None:
         self.health.txn_received(begin.commit_time, begin.commit_lsn)
 

@@ -140,6 +140,7 @@ class Resyncer:
         schemas: Mapping[TableId, TableSchema],
         chunk_rows: int,
         connect_timeout: float = 10.0,
+        silence_timeout: float = 0.0,
         is_paused: Callable[[TableId], bool] = lambda _t: False,
     ) -> None:
         self._is_paused = is_paused  # a table held back by a schema change cannot be re-synced live
@@ -149,6 +150,7 @@ class Resyncer:
         self._schemas = dict(schemas)
         self._chunk_rows = max(1, chunk_rows)
         self._connect_timeout = connect_timeout
+        self._silence_timeout = silence_timeout
         self._active: dict[TableId, _Table] = {}
         self._pending: list[tuple[Lsn, ResyncRecord]] = []  # saved once a batch ending after Lsn commits
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
@@ -196,7 +198,9 @@ class Resyncer:
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
-            self._conn = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
+            self._conn = checks.connect(
+                self._dsn, connect_timeout=self._connect_timeout, silence_timeout=self._silence_timeout
+            )
         return self._conn
 
     def _key_types(self, schema: TableSchema) -> dict[str, str]:

@@ -80,7 +80,10 @@ class StreamLoop:
     def run(self) -> Lsn:
         try:
             for ev in self._source.events(IDLE_SECONDS):
-                self._obs.beat()
+                if ev is None:
+                    self._obs.idle_beat()
+                else:
+                    self._obs.beat()
                 if self._stop.is_set():
                     self._drain()
                     break

@@ -213,6 +213,11 @@ class Metrics:
         self.retries = Counter(
             "cdc_retries", "Reconnect attempts after a retryable error, by kind.", ["kind"], registry=r
         )
+        self.retry_wait = Gauge(
+            "cdc_retry_wait_seconds",
+            "The last reconnect back-off wait (it starts again from 0.5 s after a healthy stream).",
+            registry=r,
+        )
         self.table_state = Enum(
             "cdc_table_state",
             "Each table's state.",

@@ -28,9 +28,10 @@ class SourceRows:
     """``sink.ToastReader`` over one lazily opened connection (autocommit: each read sees what is
     committed now). Threads: any; reads are serialised on the connection."""
 
-    def __init__(self, dsn: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, dsn: str, *, connect_timeout: float = 10.0, silence_timeout: float = 0.0) -> None:
         self._dsn = dsn
         self._connect_timeout = connect_timeout
+        self._silence_timeout = silence_timeout  # a read on a dead path would stall the apply
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         # format_type of the key columns, per table and key layout
@@ -79,7 +80,9 @@ class SourceRows:
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
-            self._conn = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
+            self._conn = checks.connect(
+                self._dsn, connect_timeout=self._connect_timeout, silence_timeout=self._silence_timeout
+            )
         return self._conn
 
 
