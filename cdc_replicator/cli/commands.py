@@ -392,7 +392,7 @@ def main() -> None:
         click.echo(error_line(exc.format_message()), err=True)
         code = exc.exit_code
     except click.Abort:  # Ctrl-C or EOF at a prompt, or "no" to a confirmation
-        click.echo("aborted", err=True)
+        click.echo("Aborted!", err=True)  # as click says it
         code = 1
     except SystemExit as exc:
         if isinstance(exc.code, int):

@@ -396,6 +396,36 @@ CASES: tuple[Case, ...] = (
         ("tables[0].contract", '"evolve", "freeze"'),
         in_table('contract = "strict"'),
     ),
+    Case(
+        "storage option not a string",
+        CONFIG,
+        ("target.storage_options.aws_region", "a string"),
+        put("target", "storage_options = { aws_region = 5 }"),
+    ),
+    Case(
+        "zero rows per chunk",
+        CONFIG,
+        ("snapshot.chunk_rows", "positive integer"),
+        put("snapshot", "chunk_rows = 0"),
+    ),
+    Case(
+        "negative heartbeat interval",
+        CONFIG,
+        ("source.heartbeat_interval_seconds", "number >= 0"),
+        put("source", "heartbeat_interval_seconds = -10"),
+    ),
+    Case(
+        "env listen without a port",
+        CONFIG,
+        ("server.listen", "cdc_replicator_server__listen", "host:port"),
+        env={"CDC_REPLICATOR_SERVER__LISTEN": "localhost"},
+    ),
+    Case(
+        "env log level unknown",
+        CONFIG,
+        ("log.level", "cdc_replicator_log__level", '"warning"'),
+        env={"CDC_REPLICATOR_LOG__LEVEL": "verbose"},
+    ),
     # ---- connection strings, storage URIs and the state store
     Case(
         "dsn port not a number",
