@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
-import time
+import tracemalloc
 from datetime import timedelta
 
 import pytest
@@ -31,7 +31,8 @@ FUZZ = settings(
     max_examples=int(LONG_RUN or 2000),
     derandomize=LONG_RUN is None,  # in CI the same examples on every run: reproducible
     database=None,
-    deadline=timedelta(seconds=1),  # a message takes microseconds: a second is a hang or a huge allocation
+    # a message takes microseconds; the deadline is loose so that a loaded CI machine's stall is no failure
+    deadline=timedelta(seconds=5),
     suppress_health_check=[HealthCheck.too_slow],
 )
 
@@ -71,14 +72,11 @@ def _decoder() -> Decoder:
 
 def _survives(payload: bytes, in_stream: bool) -> None:
     """The contract: a message (which the decoder turns into events) or a DecodeError at an offset inside it."""
-    started = time.monotonic()
     try:
         msg = parse(payload, in_stream=in_stream)
     except DecodeError as exc:
         assert 0 <= exc.offset <= len(payload), f"offset {exc.offset} outside {len(payload)} bytes"
         return
-    finally:
-        assert time.monotonic() - started < 0.5, "parsing took too long"
     assert isinstance(
         msg,
         wire.Begin
@@ -185,10 +183,14 @@ def test_mutated_captured_messages_give_a_message_or_a_decode_error(case: tuple[
     ],
 )
 def test_a_length_or_count_larger_than_the_message_is_a_decode_error_at_once(payload: bytes) -> None:
-    started = time.monotonic()
-    with pytest.raises(DecodeError) as info:
-        parse(payload)
-    assert time.monotonic() - started < 0.1
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError) as info:
+            parse(payload)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, f"decoding {len(payload)} bytes allocated {peak} bytes"
     assert 0 <= info.value.offset <= len(payload)
 
 
