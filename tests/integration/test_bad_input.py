@@ -436,6 +436,12 @@ CASES: tuple[Case, ...] = (
         lacks=(SECRET,),
     ),
     Case(
+        "dsn given a number",
+        CONFIG,
+        ("source.dsn", "non-empty string", "got 5"),
+        sub('"postgresql://postgres@127.0.0.1:1/nowhere"', "5"),
+    ),
+    Case(
         "dsn with an unknown option",
         CONFIG,
         ("source.dsn", 'invalid connection option "nosuch"'),
