@@ -436,6 +436,19 @@ CASES: tuple[Case, ...] = (
         lacks=(SECRET,),
     ),
     Case(
+        "password file missing",
+        CONFIG,
+        ("source.password_file", "file not found", "the file holding the password"),
+        put("source", 'password_file = "{dir}/no-password"'),
+    ),
+    Case(
+        "password file is a folder",
+        CONFIG,
+        ("source.password_file", "cannot read", "must be able to read it"),
+        put("source", 'password_file = "{dir}"'),
+        via=Via.CLI,
+    ),
+    Case(
         "dsn given a number",
         CONFIG,
         ("source.dsn", "non-empty string", "got 5"),
@@ -677,6 +690,7 @@ def _fill(text: str, folder: Path) -> str:
 def _write(case: Case, folder: Path) -> Path:
     text = case.edit(_BASE, folder)
     text = text.replace("{lake}", str(folder / "lake")).replace("{state}", str(folder / "state" / "cdc.db"))
+    text = _fill(text, folder)
     path = folder / "cfg.toml"
     path.write_bytes(text.encode("utf-8", "surrogateescape"))
     return path
