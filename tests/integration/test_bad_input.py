@@ -2,7 +2,7 @@
 
 One table of cases: each names a mutation of a valid setup (the TOML text, ``CDC_REPLICATOR_*``
 variables, the command line), the exit code the README's table gives it (2 configuration, 3 source
-not usable) and the words the error line must hold: the key (or option) and the fix.
+or state store not usable) and the words the error line must hold: the key (or option) and the fix.
 
 What "one line" means, checked by ``_one_error``: stderr ends with the error, ``error: <what>`` or
 ``error: <what>; hint: <fix>``, on one line; no other line of stderr starts with ``error:`` (the
@@ -35,6 +35,7 @@ from tests.support.pg import PgDatabase
 
 CONFIG = 2
 SOURCE = 3
+STATE = 3  # the state store not usable (StateStoreError): like a source, README's table
 TIMEOUT = 30.0  # seconds; a refusal takes one or two
 SECRET = "s3cr3t-pw"  # a password that must never show in an error line
 
@@ -509,22 +510,22 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         "state path under a file",
-        CONFIG,
-        ("state.url", "plain-file", "writable folder"),
+        STATE,
+        ("the state store", "plain-file", "point state.url at a file in a folder"),
         state_at(_under_a_file),
         via=Via.CLI,
     ),
     Case(
         "state path is a folder",
-        CONFIG,
-        ("state.url", "a-folder", "cannot open"),
+        STATE,
+        ("the state store", "a-folder", "cannot be opened", "let the daemon's user create and write"),
         state_at(_a_folder),
         via=Via.CLI,
     ),
     Case(
         "state file not a database",
-        CONFIG,
-        ("state.url", "garbage.db", "not a database"),
+        STATE,
+        ("the state store", "garbage.db", "not a database", "restore it from a backup"),
         state_at(_not_a_database),
         via=Via.CLI,
     ),
