@@ -634,6 +634,13 @@ CASES: tuple[Case, ...] = (
         via=Via.CLI,
     ),
     Case(
+        "verify a table not in the config",
+        CONFIG,
+        ("public.nope", "[[tables]]"),
+        argv=("verify", "--table", "public.nope"),
+        via=Via.CLI,
+    ),
+    Case(
         "run once in logical mode",
         CONFIG,
         ("--once", 'source.mode = "watermark"'),
