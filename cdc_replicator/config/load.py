@@ -184,7 +184,9 @@ def _convert(path: str, spec: KeySpec, v: _Val) -> object:
     try:
         return spec.convert(v.value, v.env is not None)
     except Invalid as exc:
-        got = repr(v.value) if v.env is not None else _describe(v.value)
+        secret = spec.redact is not None and not spec.options and isinstance(v.value, str)
+        shown = spec.redact(v.value) if secret and spec.redact is not None else v.value
+        got = repr(shown) if v.env is not None else _describe(shown)
         raise ConfigError(f"config: {_label(path, v)} must be {exc.expected}, got {got}") from None
 
 

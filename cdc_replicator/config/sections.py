@@ -28,7 +28,7 @@ class SourceConfig:
     """Where changes come from. ``repr`` redacts the DSN password."""
 
     dsn: str = field(
-        metadata=key(c.nonempty_str, "libpq connection string (URL or key=value form).", redact=redact_dsn)
+        metadata=key(c.libpq_dsn, "libpq connection string (URL or key=value form).", redact=redact_dsn)
     )
     password_file: str = field(
         default="",
@@ -112,7 +112,7 @@ class TargetConfig:
     """
 
     uri: str = field(
-        metadata=key(c.nonempty_str, "Root of the Delta tables: a local path or object-store URI.")
+        metadata=key(c.storage_uri, "Root of the Delta tables: a local path or object-store URI.")
     )
     storage_options: tuple[tuple[str, str], ...] = field(
         default=(),

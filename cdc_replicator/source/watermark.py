@@ -148,11 +148,14 @@ class WatermarkSource:
                 hint=f"add one: alter table {table} add primary key (<columns>); (on the primary)",
             )
         names = set(schema.column_names)
-        for col in (*cursor, *([delete_column] if delete_column else [])):
+        named = [("cursor", c) for c in cursor] + (
+            [("delete_column", delete_column)] if delete_column else []
+        )
+        for key, col in named:
             if col not in names:
                 raise SourceError(
-                    f"{table} has no column {col!r} (named as cursor or delete_column)",
-                    hint=f"columns of {table}: {', '.join(schema.column_names)}",
+                    f"{table} has no column {col!r} (named as {key} in its [[tables]] entry)",
+                    hint=f"set {key} to one of the columns of {table}: {', '.join(schema.column_names)}",
                 )
         nullable = [c for c in cursor if any(str(r[0]) == c and not r[2] for r in rows)]
         if nullable:

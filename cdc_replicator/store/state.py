@@ -141,8 +141,14 @@ class StateStore:
                     hint="point state.url at a file in a folder the daemon's user can write, or create "
                     "that folder (a path under a regular file cannot be one)",
                 ) from exc
-        # loader threads write chunk progress concurrently: let sqlite wait for its lock
-        self._engine: Engine = create_engine(url, connect_args={"timeout": 30} if sqlite else {})
+        try:
+            # loader threads write chunk progress concurrently: let sqlite wait for its lock
+            self._engine: Engine = create_engine(url, connect_args={"timeout": 30} if sqlite else {})
+        except (SQLAlchemyError, ImportError) as exc:  # an unknown dialect or a missing driver
+            raise ConfigError(
+                f"config: state.url {parsed!r}: SQLAlchemy cannot open {parsed.drivername!r} URLs ({exc})",
+                hint="use sqlite:///path/to/cdc.db, or postgresql+psycopg://user@host/db",
+            ) from exc
         if sqlite:
             event.listen(self._engine, "connect", _sqlite_pragmas)
         try:
