@@ -13,6 +13,7 @@ exit 3 (4 for a slot that needs a re-sync) and its fix. Pure: no I/O, no driver;
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ __all__ = [
     "ConfigError",
     "ContractViolation",
     "DecodeError",
+    "LakeBehind",
+    "LakeDiffers",
     "MissingKey",
     "MissingPrivilege",
     "NO_SQLSTATE",
@@ -34,9 +37,15 @@ __all__ = [
     "SlotInUse",
     "SlotInvalidated",
     "SourceError",
+    "StateStoreError",
+    "STORAGE_ERRNO_RULES",
+    "StorageErrnoRule",
+    "StorageFull",
     "SourceUnavailable",
     "SqlstateRule",
+    "TlsVerificationFailed",
     "WalLevelNotLogical",
+    "from_os_errno",
     "from_sqlstate",
     "replication_start_error",
     "sqlstate_rule",
@@ -104,6 +113,11 @@ class AuthenticationFailed(SourceError):
     """The server does not let the role in: password, pg_hba.conf, LOGIN, unknown role."""
 
 
+class TlsVerificationFailed(SourceError):
+    """TLS to the server can never succeed as configured: its certificate fails verification
+    (``sslrootcert``, the host name) or it does not speak TLS. Waiting does not heal it."""
+
+
 class MissingPrivilege(SourceError):
     """The role lacks a privilege a statement needs (SQLSTATE 42501)."""
 
@@ -145,6 +159,37 @@ class SinkError(ReplicatorError):
     """Writing to a Delta table failed."""
 
     exit_code = 7
+
+
+class StorageFull(SinkError):
+    """The lake's storage has no room left (a full disk, a quota): waiting until space is freed heals it."""
+
+    retryable = True
+
+
+class StateStoreError(ReplicatorError):
+    """The state store (``[state] url``) cannot be opened, read or written: unwritable, corrupt, missing.
+
+    Exit 3, like a source that cannot be used: the daemon cannot record what it applied, so it
+    must not go on (it would confirm what it cannot remember).
+    """
+
+    exit_code = 3
+
+
+class LakeDiffers(ReplicatorError):
+    """``verify`` found Delta rows that differ from the source (missing, extra or other values)."""
+
+    exit_code = 8
+
+
+class LakeBehind(ReplicatorError):
+    """``verify`` could not compare: Delta did not reach the source snapshot's position in time.
+
+    Exit 3 like a source that cannot be read: the source cannot be read at a point Delta holds.
+    """
+
+    exit_code = 3
 
 
 # ---- PostgreSQL errors by SQLSTATE ---------------------------------------------------------------
@@ -246,7 +291,7 @@ SQLSTATE_RULES: tuple[SqlstateRule, ...] = (
         "28P01",
         AuthenticationFailed,
         False,
-        "the password of the role in source.dsn is wrong: give the right one (PGPASSWORD or PGPASSFILE)",
+        "the password of the role in source.dsn is wrong: give the right one (in source.dsn, source.password_file, PGPASSWORD or PGPASSFILE)",
     ),
     SqlstateRule(
         "28",
@@ -363,3 +408,70 @@ def replication_start_error(
         return from_sqlstate(sqlstate, message, context=context)
     err.sqlstate = code
     return err
+
+
+# ---- storage errors by errno ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StorageErrnoRule:
+    """What an OS error number from the lake's storage means: retry (``StorageFull``) or stop, and the fix."""
+
+    errno: int
+    name: str
+    error: type[SinkError]
+    what: str
+    fix: str
+
+
+_FREE_SPACE = (
+    "free space on the file system that holds {path} (or raise its quota): a running daemon retries with "
+    "back-off and goes on where it stopped; a snapshot command resumes when it is run again"
+)
+
+# Only what waiting can heal is retried: a full disk or quota, a full file table. Everything else
+# keeps the error's own policy; permission and read-only errors stop with their fix.
+STORAGE_ERRNO_RULES: tuple[StorageErrnoRule, ...] = (
+    StorageErrnoRule(errno.ENOSPC, "ENOSPC", StorageFull, "no space left on device", _FREE_SPACE),
+    StorageErrnoRule(errno.EDQUOT, "EDQUOT", StorageFull, "disk quota exceeded", _FREE_SPACE),
+    StorageErrnoRule(
+        errno.ENFILE,
+        "ENFILE",
+        StorageFull,
+        "too many open files in the system",
+        "close files other processes hold open, or raise fs.file-max; the daemon retries",
+    ),
+    StorageErrnoRule(
+        errno.EACCES,
+        "EACCES",
+        SinkError,
+        "permission denied",
+        "let the daemon's user write {path} (owner or mode), then start again",
+    ),
+    StorageErrnoRule(
+        errno.EPERM,
+        "EPERM",
+        SinkError,
+        "operation not permitted",
+        "let the daemon's user write {path} (owner, mode or mount options), then start again",
+    ),
+    StorageErrnoRule(
+        errno.EROFS,
+        "EROFS",
+        SinkError,
+        "read-only file system",
+        "mount the file system that holds {path} read-write (or move target.uri), then start again",
+    ),
+)
+_BY_ERRNO = {r.errno: r for r in STORAGE_ERRNO_RULES}
+
+
+def from_os_errno(code: int | None, *, context: str, path: str) -> SinkError | None:
+    """The error for a storage failure with OS error ``code`` at ``path``; None: no rule (keep the caller's).
+
+    ``context`` says what failed, in our words (e.g. "merge into public.t up to 0/16B37A0").
+    """
+    rule = _BY_ERRNO.get(code) if code is not None else None
+    if rule is None:
+        return None
+    return rule.error(f"{context}: {rule.what} ({rule.name}) at {path}", hint=rule.fix.format(path=path))

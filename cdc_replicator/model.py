@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Final
 import pyarrow as pa
 
 __all__ = [
+    "VerifyResult",
     "MOVED_PREFIX",
     "UNCHANGED",
     "UNCHANGED_PREFIX",
@@ -473,3 +474,15 @@ class ChangeBatch:
     @property
     def position(self) -> TablePosition:
         return TablePosition(self.end, self.partial)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """The last ``cdc-replicator verify`` of one table (kept in the state store, exported by the daemon)."""
+
+    table: str
+    finished_at: datetime
+    rows: int
+    ranges: int
+    differences: int  # missing + extra + differing rows; 0: equal
+    seconds: float

@@ -1,4 +1,4 @@
-"""Command line: run / snapshot / status / migrate / teardown / demo. Maps ReplicatorError to its exit code; no logic here."""
+"""Command line: run / snapshot / verify / status / migrate / teardown / demo. Maps ReplicatorError to its exit code; no logic here."""
 
 from __future__ import annotations
 
@@ -35,12 +35,28 @@ def _errors_to_exit(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except ReplicatorError as exc:
-            click.echo(f"error: {_with_config(exc.message)}", err=True)
-            if exc.hint:
-                click.echo(f"  hint: {_with_config(exc.hint)}", err=True)
+            click.echo(error_line(_with_config(exc.message), _with_config(exc.hint)), err=True)
             sys.exit(exc.exit_code)
 
     return wrapper
+
+
+def error_line(message: str, hint: str = "") -> str:
+    """The one line a refused command prints last on stderr: ``error: <what>; hint: <fix>``.
+
+    One line, so that a journal, a log shipper or ``tail -1`` keeps the whole of it: a message or
+    hint that spans lines (a server's detail) is joined with spaces.
+    """
+
+    def flat(text: str) -> str:
+        return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+    if not hint.strip():
+        return f"error: {flat(message)}"
+    what = flat(message)
+    return (
+        f"error: {what[:-1] if what.endswith('.') and not what.endswith('..') else what}; hint: {flat(hint)}"
+    )
 
 
 def _with_config(text: str) -> str:
@@ -87,16 +103,23 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> 
 @_errors_to_exit
 def run(ctx: click.Context, once: bool) -> None:
     """Stream changes into Delta (loading every table first on the first run)."""
-    from cdc_replicator.engine.pipeline import Replicator
     from cdc_replicator.service.daemon import SystemdNotifier, install_signal_handlers
+
+    stop = threading.Event()
+    install_signal_handlers(stop)  # first: a SIGTERM during start-up still stops cleanly
+    cfg = _load(ctx)  # before the heavy imports: a bad config is refused at once
+    if once and cfg.source.mode != "watermark":
+        raise ConfigError(
+            'run --once: only for source.mode = "watermark" (in logical mode the stream never ends)',
+            hint='drop --once and stop the daemon with SIGTERM, or set source.mode = "watermark"',
+        )
+
+    from cdc_replicator.engine.pipeline import Replicator
     from cdc_replicator.service.health import HealthState, Phase
     from cdc_replicator.service.metrics import Metrics
     from cdc_replicator.service.runtime import tune_gc
     from cdc_replicator.service.server import HealthServer
 
-    stop = threading.Event()
-    install_signal_handlers(stop)  # first: a SIGTERM during start-up still stops cleanly
-    cfg = _load(ctx)
     install_signal_handlers(stop, grace_seconds=cfg.server.stop_timeout_seconds)
     health = HealthState(cfg.table_ids, liveness_timeout=cfg.server.liveness_timeout_seconds)
     metrics = Metrics(health, cfg.table_ids)
@@ -154,8 +177,6 @@ def snapshot(ctx: click.Context, tables: tuple[str, ...], parallel: int | None) 
     it re-syncs them live (not a paused table: stop the daemon for that); otherwise they are loaded
     here and the daemon continues where it was. In watermark mode stop the daemon first.
     """
-    from cdc_replicator.cli.progress import LoadProgress, render_summary
-    from cdc_replicator.engine.pipeline import Replicator
     from cdc_replicator.model import TableId
     from cdc_replicator.service.daemon import install_signal_handlers
 
@@ -165,7 +186,18 @@ def snapshot(ctx: click.Context, tables: tuple[str, ...], parallel: int | None) 
     try:
         wanted = [TableId.parse(t) for t in tables] or None
     except ValueError as exc:
-        raise ConfigError(f"--table: {exc}") from exc
+        raise ConfigError(f"--table: {exc}", hint="name a configured table as schema.table") from exc
+    unknown = [str(t) for t in wanted or () if t not in cfg.table_ids]
+    if unknown:  # before anything is opened or created
+        raise ConfigError(
+            f"--table {', '.join(unknown)}: not a configured table "
+            f"(configured: {', '.join(str(t) for t in cfg.table_ids)})",
+            hint="add it to [[tables]] first (the daemon must know the tables it streams), or fix the name",
+        )
+
+    from cdc_replicator.cli.progress import LoadProgress, render_summary
+    from cdc_replicator.engine.pipeline import Replicator
+
     rep = Replicator(cfg, stop=stop)
     progress = LoadProgress()
     try:
@@ -176,6 +208,63 @@ def snapshot(ctx: click.Context, tables: tuple[str, ...], parallel: int | None) 
     click.echo(render_summary(progress.summary()), err=True)
     n = len(wanted or cfg.tables)
     click.echo(_with_config(f"loaded {n} table(s); start the daemon with: cdc-replicator --config FILE run"))
+
+
+@cli.command()
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="SCHEMA.TABLE",
+    help="Verify only these configured tables (repeatable). Default: every table.",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Rewrite the rows found different through the running daemon's stream, then verify again.",
+)
+@click.pass_context
+@_errors_to_exit
+def verify(ctx: click.Context, tables: tuple[str, ...], repair: bool) -> None:
+    """Prove each Delta table equals its source, range by range, while the daemon streams.
+
+    Exit 0: every table is equal; 8: a difference was found (and, with --repair, is still there
+    after the repair); 3: the source cannot be read, or Delta did not reach its snapshot in time.
+    """
+    from cdc_replicator.cli.verify_report import render_verdict
+    from cdc_replicator.engine.verify import run_verify
+    from cdc_replicator.errors import LakeDiffers
+    from cdc_replicator.model import TableId
+    from cdc_replicator.service.daemon import install_signal_handlers
+
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    cfg = _load(ctx)
+    try:
+        wanted = [TableId.parse(t) for t in tables] or None
+    except ValueError as exc:
+        raise ConfigError(f"--table: {exc}") from exc
+    unknown = [str(t) for t in wanted or () if t not in cfg.table_ids]
+    if unknown:
+        raise ConfigError(
+            f"--table: {', '.join(unknown)} is not a configured table",
+            hint="name tables listed in [[tables]] of the config",
+        )
+    verdicts = run_verify(
+        cfg,
+        wanted,
+        repair=repair,
+        stop=stop,
+        report=lambda v, schema, label: click.echo(render_verdict(v, schema.key, label=label)),
+    )
+    different = [v.table for v in verdicts if not v.equal]
+    if different:
+        raise LakeDiffers(
+            f"{len(different)} table(s) differ from the source: {', '.join(different)}",
+            hint="repair through the running daemon: cdc-replicator --config FILE verify --repair "
+            + " ".join(f"--table {t}" for t in different),
+        )
+    click.echo(f"verify: {len(verdicts)} table(s) equal to the source")
 
 
 @cli.command()
@@ -218,7 +307,9 @@ def migrate(ctx: click.Context, on_source: bool) -> None:
     if not on_source:
         return
     src = cfg.source
-    with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
+    with checks.connect(
+        src.dsn, connect_timeout=src.connect_timeout_seconds, silence_timeout=src.wal_receiver_timeout_seconds
+    ) as conn:
         applied = objects.apply_source_migrations(conn, migrations_dir("source"))
     click.echo(f"source: applied {', '.join(applied)}" if applied else "source: up to date")
 
@@ -245,7 +336,9 @@ def teardown(ctx: click.Context, yes: bool, drop_schema: bool) -> None:
         what.append("schema cdc_replicator")
     if not yes:
         click.confirm(f"drop {', '.join(what)} on the source?", abort=True, err=True)
-    with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
+    with checks.connect(
+        src.dsn, connect_timeout=src.connect_timeout_seconds, silence_timeout=src.wal_receiver_timeout_seconds
+    ) as conn:
         dropped = objects.teardown(conn, slot=src.slot, publication=src.publication, drop_schema=drop_schema)
     store = StateStore(cfg.state.url)
     try:
@@ -288,7 +381,19 @@ def main() -> None:
     """
     code = 0
     try:
-        cli(prog_name="cdc-replicator")
+        # not standalone: click would print a usage block of several lines; a usage error is one line too
+        result = cli.main(prog_name="cdc-replicator", standalone_mode=False)
+        code = result if isinstance(result, int) else 0  # --help, --version: ctx.exit's code
+    except click.UsageError as exc:  # unknown command or option, a bad option value
+        where = exc.ctx.command_path if exc.ctx is not None else "cdc-replicator"
+        click.echo(error_line(exc.format_message(), f"see {where} --help"), err=True)
+        code = exc.exit_code
+    except click.ClickException as exc:
+        click.echo(error_line(exc.format_message()), err=True)
+        code = exc.exit_code
+    except click.Abort:  # Ctrl-C or EOF at a prompt, or "no" to a confirmation
+        click.echo("Aborted!", err=True)  # as click says it
+        code = 1
     except SystemExit as exc:
         if isinstance(exc.code, int):
             code = exc.code

@@ -12,7 +12,7 @@ from typing import Any
 
 from cdc_replicator.config import Config
 from cdc_replicator.errors import ReplicatorError
-from cdc_replicator.model import Lsn, TableId
+from cdc_replicator.model import Lsn, TableId, VerifyResult
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.source import checks
 from cdc_replicator.store.state import StateStore
@@ -29,16 +29,21 @@ def collect_status(cfg: Config) -> dict[str, Any]:
         rec = store.slot(slot_name)
         recorded = store.table_statuses(slot_name)
         loads = {str(t): store.load(slot_name, t) for t in cfg.table_ids}
+        verifies = {v.table: v for v in store.verifies(slot_name)}
     finally:
         store.close()
 
     if cfg.source.mode == "watermark":
-        return _watermark_status(cfg, sink, recorded)
+        return _watermark_status(cfg, sink, recorded, verifies)
     slot: dict[str, Any]
     server_lsn: Lsn | None = None
     daemon_running: bool | None = None
     try:
-        with checks.connect(cfg.source.dsn, connect_timeout=cfg.source.connect_timeout_seconds) as conn:
+        with checks.connect(
+            cfg.source.dsn,
+            connect_timeout=cfg.source.connect_timeout_seconds,
+            silence_timeout=cfg.source.wal_receiver_timeout_seconds,
+        ) as conn:
             info = checks.slot_info(conn, slot_name)
             stats = checks.slot_stats(conn, slot_name)
         server_lsn = stats.server_lsn
@@ -86,6 +91,7 @@ def collect_status(cfg: Config) -> dict[str, Any]:
             if pos is None or server_lsn is None
             else max(0, server_lsn.value - max(pos.lsn.value, _lsn_value(rec.applied_lsn if rec else None))),
             **lake,
+            last_verify=_verify_fields(verifies.get(name), now),
             last_error=saved.last_error if saved else None,
         )
         tables.append(row)
@@ -98,11 +104,17 @@ def collect_status(cfg: Config) -> dict[str, Any]:
     }
 
 
-def _watermark_status(cfg: Config, sink: DeltaSink, recorded: dict[str, Any]) -> dict[str, Any]:
+def _watermark_status(
+    cfg: Config, sink: DeltaSink, recorded: dict[str, Any], verifies: dict[str, VerifyResult]
+) -> dict[str, Any]:
     """Watermark mode: no slot; each table's watermark from its newest Delta commit."""
     replica: dict[str, Any]
     try:
-        with checks.connect(cfg.source.dsn, connect_timeout=cfg.source.connect_timeout_seconds) as conn:
+        with checks.connect(
+            cfg.source.dsn,
+            connect_timeout=cfg.source.connect_timeout_seconds,
+            silence_timeout=cfg.source.wal_receiver_timeout_seconds,
+        ) as conn:
             row = conn.execute(
                 "select pg_is_in_recovery(), extract(epoch from now() - pg_last_xact_replay_timestamp()), "
                 "(select count(*) from pg_stat_activity where application_name = 'cdc-replicator watermark' "
@@ -141,6 +153,7 @@ def _watermark_status(cfg: Config, sink: DeltaSink, recorded: dict[str, Any]) ->
             pending_ranges=None if wm is None else len(wm.pending),
             lag_bytes=None,
             **lake,
+            last_verify=_verify_fields(verifies.get(name), now),
             last_error=saved.last_error if saved else None,
         )
         tables.append(row_)
@@ -167,6 +180,26 @@ def _lake_fields(sink: DeltaSink, table: TableId, now: datetime) -> dict[str, An
         "last_commit": None if when is None else when.isoformat(),
         "seconds_since_commit": None if when is None else round((now - when).total_seconds(), 1),
     }
+
+
+def _verify_fields(v: VerifyResult | None, now: datetime) -> dict[str, Any] | None:
+    """The table's last ``verify`` (None: never verified)."""
+    if v is None:
+        return None
+    return {
+        "finished_at": v.finished_at.isoformat(),
+        "seconds_ago": round((now - v.finished_at).total_seconds(), 1),
+        "rows": v.rows,
+        "ranges": v.ranges,
+        "differences": v.differences,
+    }
+
+
+def _verified(v: dict[str, Any] | None) -> str:
+    if not v:
+        return "-"
+    word = "equal" if v["differences"] == 0 else f"{v['differences']} differ"
+    return f"{word} {_ago(v['seconds_ago'])} ago"
 
 
 def _unreadable(row: dict[str, Any], exc: ReplicatorError) -> dict[str, Any]:
@@ -213,7 +246,7 @@ def render_status(report: dict[str, Any]) -> str:
     if slot.get("lag_bytes") is not None:
         head += f", {_bytes(slot['lag_bytes'])} behind the server"
     lines.append(head)
-    cols = ("table", "mode", "state", "position", "lag", "rows", "last commit", "last error")
+    cols = ("table", "mode", "state", "position", "lag", "rows", "last commit", "last verify", "last error")
     body = []
     for t in report["tables"]:
         since = t.get("seconds_since_commit")
@@ -226,6 +259,7 @@ def render_status(report: dict[str, Any]) -> str:
                 "-" if t.get("lag_bytes") is None else _bytes(t["lag_bytes"]),
                 "-" if t.get("rows") is None else f"{t['rows']:,}",
                 "-" if since is None else f"{_ago(since)} ago",
+                _verified(t.get("last_verify")),
                 (t.get("last_error") or "")[:80],
             )
         )

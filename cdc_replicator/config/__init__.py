@@ -21,6 +21,7 @@ from cdc_replicator.config.sections import (
     StateConfig,
     TableConfig,
     TargetConfig,
+    VerifyConfig,
     WatermarkConfig,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "StateConfig",
     "TableConfig",
     "TargetConfig",
+    "VerifyConfig",
     "WatermarkConfig",
     "load_config",
     "redact_dsn",

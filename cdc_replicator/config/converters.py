@@ -6,6 +6,7 @@ boolean and list converters parse first. ``Invalid.expected`` completes the sent
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -178,3 +179,69 @@ def table_name(value: object, from_env: bool) -> TableId:
     if not tid.schema or not tid.name:
         raise Invalid(expected)
     return tid
+
+
+_CONNSTRING_DOC: Final = "https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNSTRING"
+_SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def libpq_dsn(value: object, from_env: bool) -> str:
+    """A connection string libpq parses (its own parser), with numeric ports and a known sslmode.
+
+    libpq itself would only find a port like ``abc`` or ``99999`` when resolving it, as a lookup
+    failure that looks like a network fault and would be retried for ever.
+    """
+    from psycopg import ProgrammingError  # here: importing the config stays light
+    from psycopg.conninfo import conninfo_to_dict
+
+    text = nonempty_str(value, from_env)
+    expected = f"a libpq connection string, key=value pairs or a postgresql:// URL (see {_CONNSTRING_DOC})"
+    try:
+        params = conninfo_to_dict(text)
+    except ProgrammingError as exc:
+        # libpq quotes a URL it cannot parse: never echo it, a password may be in it
+        why = str(exc).strip().splitlines()[0].replace(text, "the URL") if str(exc).strip() else "unparsable"
+        raise Invalid(f"{expected}; libpq says: {why}") from None
+    for port in str(params.get("port") or "").split(","):
+        if port.strip() and not (port.strip().isascii() and port.strip().isdigit() and 0 < int(port) < 65536):
+            raise Invalid(f"{expected} whose port is a number from 1 to 65535 (not {port.strip()!r})")
+    sslmode = params.get("sslmode")
+    if sslmode is not None and sslmode not in _SSLMODES:
+        raise Invalid(f"{expected} whose sslmode is one of {', '.join(_SSLMODES)} (not {sslmode!r})")
+    return text
+
+
+# the URL schemes deltalake's object stores understand (a path without "://" is a local directory)
+STORAGE_SCHEMES: Final = (
+    "file",
+    "memory",
+    "s3",
+    "s3a",
+    "gs",
+    "az",
+    "abfs",
+    "abfss",
+    "azure",
+    "adl",
+    "wasb",
+    "wasbs",
+    "lakefs",
+)
+_LOCAL_SCHEMES: Final = ("file", "memory")
+
+
+def storage_uri(value: object, from_env: bool) -> str:
+    """A local directory, or a URL with a scheme deltalake knows and (object stores) a bucket."""
+    text = nonempty_str(value, from_env)
+    if "://" not in text:
+        return text
+    scheme, _, rest = text.partition("://")
+    if scheme.lower() not in STORAGE_SCHEMES:
+        close = difflib.get_close_matches(scheme.lower(), STORAGE_SCHEMES, n=1, cutoff=0.5)
+        also = f" (did you mean {close[0]}://?)" if close else ""
+        raise Invalid(f"a local path or a URL whose scheme is one of {', '.join(STORAGE_SCHEMES)}{also}")
+    if scheme.lower() not in _LOCAL_SCHEMES and not rest.partition("/")[0]:
+        raise Invalid(f"a URL that names the bucket or container, like {scheme}://bucket/lake")
+    if scheme.lower() in _LOCAL_SCHEMES and not rest.strip("/"):
+        raise Invalid(f"a URL with a path, like {scheme}:///var/lib/cdc/lake")
+    return text

@@ -22,7 +22,8 @@ Any other variable that starts with ``CDC_REPLICATOR_`` is an error (typo protec
 
 Paths: a relative ``target.uri`` and a relative sqlite path in ``state.url`` are kept as given and
 so resolve against the working directory of the process, not the directory of the config file.
-The source password never has to be in the file: libpq also reads ``PGPASSWORD`` and ``PGPASSFILE``.
+The source password never has to be in the file: libpq also reads ``PGPASSWORD`` and ``PGPASSFILE``,
+and ``source.password_file`` names a file holding it (``secrets.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from cdc_replicator.config.converters import Invalid
 from cdc_replicator.config.keys import ENV_PREFIX, KeySpec, Section, env_name, keys_of, sections_of
+from cdc_replicator.config.secrets import with_password_file
 from cdc_replicator.config.sections import Config, SourceConfig, TableConfig
 from cdc_replicator.errors import ConfigError
 from cdc_replicator.model import TableId
@@ -182,7 +184,9 @@ def _convert(path: str, spec: KeySpec, v: _Val) -> object:
     try:
         return spec.convert(v.value, v.env is not None)
     except Invalid as exc:
-        got = repr(v.value) if v.env is not None else _describe(v.value)
+        secret = spec.redact is not None and not spec.options and isinstance(v.value, str)
+        shown = spec.redact(v.value) if secret and spec.redact is not None else v.value
+        got = repr(shown) if v.env is not None else _describe(shown)
         raise ConfigError(f"config: {_label(path, v)} must be {exc.expected}, got {got}") from None
 
 
@@ -319,7 +323,9 @@ class _Document:
                 built[s.name] = self._build_tables(cast(SourceConfig, built["source"]).mode)
             else:
                 built[s.name] = self._build(s.cls, s.name, self.sections[s.name], in_entry=False)
-        return Config(**built)
+        given = self.sections["source"].get("password_file")
+        label = _label("source.password_file", given) if given else "source.password_file"
+        return with_password_file(Config(**built), label=label)
 
     def _build(self, cls: type[_D], path: str, raw: Mapping[str, _Val], *, in_entry: bool) -> _D:
         values: dict[str, object] = {}

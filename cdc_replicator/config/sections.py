@@ -28,7 +28,11 @@ class SourceConfig:
     """Where changes come from. ``repr`` redacts the DSN password."""
 
     dsn: str = field(
-        metadata=key(c.nonempty_str, "libpq connection string (URL or key=value form).", redact=redact_dsn)
+        metadata=key(c.libpq_dsn, "libpq connection string (URL or key=value form).", redact=redact_dsn)
+    )
+    password_file: str = field(
+        default="",
+        metadata=key(c.any_str, "File whose first line is the source password (instead of one in dsn)."),
     )
     mode: SourceMode = field(
         default="logical",
@@ -48,9 +52,23 @@ class SourceConfig:
     connect_timeout_seconds: float = field(
         default=10.0, metadata=key(c.positive_float, "Seconds to wait for a connection.")
     )
+    wal_receiver_timeout_seconds: float = field(
+        default=60.0,
+        metadata=key(
+            c.nonnegative_float,
+            "Seconds without a byte from the source before its path counts as dead; 0 = never.",
+        ),
+    )
     retry_max_seconds: float = field(
         default=30.0,
         metadata=key(c.positive_float, "Cap of the exponential backoff between reconnect attempts."),
+    )
+    retry_reset_seconds: float = field(
+        default=1.0,
+        metadata=key(
+            c.nonnegative_float,
+            "The reconnect backoff starts again from its first wait once a stream was healthy this long.",
+        ),
     )
     retry_give_up_seconds: float = field(
         default=0.0,
@@ -94,7 +112,7 @@ class TargetConfig:
     """
 
     uri: str = field(
-        metadata=key(c.nonempty_str, "Root of the Delta tables: a local path or object-store URI.")
+        metadata=key(c.storage_uri, "Root of the Delta tables: a local path or object-store URI.")
     )
     storage_options: tuple[tuple[str, str], ...] = field(
         default=(),
@@ -221,6 +239,29 @@ class WatermarkConfig:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class VerifyConfig:
+    """``cdc-replicator verify``: comparing each Delta table with its source, range by range."""
+
+    range_rows: int = field(
+        default=10_000, metadata=key(c.positive_int, "Rows per compared key range (read into memory).")
+    )
+    max_rows_per_second: int = field(
+        default=50_000,
+        metadata=key(c.nonnegative_int, "Rate limit of the reads (both sides), rows per second; 0 = none."),
+    )
+    wait_seconds: float = field(
+        default=60.0,
+        metadata=key(c.positive_float, "How long to wait for Delta to reach a range's source snapshot."),
+    )
+    recheck_rounds: int = field(
+        default=2,
+        metadata=key(c.nonnegative_int, "Fresh snapshots a difference must survive before it is reported."),
+    )
+
+    __repr__ = redacted_repr
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class StateConfig:
     """The SQLAlchemy URL of the operational state store."""
 
@@ -288,6 +329,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
     watermark: WatermarkConfig = WatermarkConfig()
+    verify: VerifyConfig = VerifyConfig()
 
     @property
     def table_ids(self) -> tuple[TableId, ...]:

@@ -12,7 +12,7 @@ Rules (the ones a replay after a crash relies on):
 - Per table, only the last change of each key survives (stream order, not per-change WAL LSN).
   An UPDATE that changes the key first deletes the old key. A column sent as "unchanged TOAST"
   takes the value of an earlier change of the same key in the batch, or stays marked so the merge
-  keeps the target's value. TRUNCATE drops what the table buffered and marks the patch.
+  keeps the target's value (where the target has no row, the sink reads it from the source). TRUNCATE drops what the table buffered and marks the patch.
 - Changes that a table already holds (``TablePosition.holds``) are dropped on the way in.
 """
 

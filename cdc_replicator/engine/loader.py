@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from cdc_replicator.errors import ReplicatorError
+from cdc_replicator.errors import ReplicatorError, StorageFull
 from cdc_replicator.model import KeyRange, Lsn, TableId, TableSchema
 from cdc_replicator.service import failpoints
 from cdc_replicator.sink import ChunkWritten, LoadSink
@@ -105,6 +105,7 @@ class Loader:
         stop: threading.Event,
         progress: ProgressSink | None = None,
         connect_timeout: float = 10.0,
+        silence_timeout: float = 0.0,
         arrow_copy: bool = True,
     ) -> None:
         self._dsn = dsn
@@ -116,6 +117,7 @@ class Loader:
         self._stop = stop
         self._progress: ProgressSink = progress or _Silent()
         self._connect_timeout = connect_timeout
+        self._silence_timeout = silence_timeout
         self._lock = threading.Lock()
         self._arrow = arrow_copy and arrow_copy_available()
 
@@ -136,7 +138,11 @@ class Loader:
         work: list[_Work] = []
         remaining: dict[TableId, int] = {}
         totals: dict[TableId, int] = {}
-        with checks.connect(self._dsn, connect_timeout=self._connect_timeout) as conn:
+        # planning samples and counts whole tables, which may send nothing back for minutes
+        planning = 0.0 if self._silence_timeout <= 0 else max(10 * self._silence_timeout, 600.0)
+        with checks.connect(
+            self._dsn, connect_timeout=self._connect_timeout, silence_timeout=planning
+        ) as conn:
             for schema in schemas:
                 table = schema.table
                 rec = None if fresh else self._state.load(self._slot, table)
@@ -252,11 +258,22 @@ class Loader:
         for attempt in _retrying():
             with attempt:
                 if conn is None or conn.closed:
-                    conn = checks.connect(self._dsn, connect_timeout=self._connect_timeout)
+                    conn = checks.connect(
+                        self._dsn,
+                        connect_timeout=self._connect_timeout,
+                        silence_timeout=self._silence_timeout,
+                    )
                 try:
                     failpoints.hit("chunk_read")
                     rows = (
-                        copy_table_arrow(self._dsn, w.schema, snapshot=snapshot, where=where)
+                        copy_table_arrow(
+                            self._dsn,
+                            w.schema,
+                            snapshot=snapshot,
+                            where=where,
+                            connect_timeout=self._connect_timeout,
+                            silence_timeout=self._silence_timeout,
+                        )
                         if self._arrow
                         else copy_table(conn, w.schema, snapshot=snapshot, where=where)
                     )
@@ -307,9 +324,15 @@ class LoadInterrupted(ReplicatorError):
 
 
 def _retrying() -> Retrying:
-    """A chunk whose connection dropped is read again (the range overwrite makes that safe)."""
+    """A chunk whose connection dropped is read again (the range overwrite makes that safe).
+
+    A full lake is not retried chunk by chunk: the load stops at once with the fix (the daemon's own
+    back-off waits for space, saying why in /readyz; a ``snapshot`` command resumes when run again).
+    """
     return Retrying(
-        retry=retry_if_exception(lambda e: isinstance(e, ReplicatorError) and e.retryable),
+        retry=retry_if_exception(
+            lambda e: isinstance(e, ReplicatorError) and e.retryable and not isinstance(e, StorageFull)
+        ),
         wait=wait_exponential(multiplier=0.5, max=10),
         stop=stop_after_attempt(5),
         before_sleep=lambda st: logger.warning(

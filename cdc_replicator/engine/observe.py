@@ -48,6 +48,11 @@ class Observer:
     def beat(self) -> None:
         self.health.beat()
 
+    def idle_beat(self) -> None:
+        """An idle turn is progress only while the source is heard from (not a wait on a dead path)."""
+        if self.health.source_heard():
+            self.health.beat()
+
     def txn_received(self, begin: Begin) -> None:
         self.health.txn_received(begin.commit_time, begin.commit_lsn)
 
@@ -66,6 +71,10 @@ class Observer:
         m.changes_applied.labels(table=name, op="delete").inc(result.deleted)
         if result.truncated:
             m.truncates.labels(table=name).inc()
+        if result.toast_read:
+            m.toast_read.labels(table=name).inc(result.toast_read)
+        if result.toast_unknown:
+            m.toast_unknown.labels(table=name).inc(result.toast_unknown)
 
     def batch_applied(self, done: BatchApplied, seconds: float) -> None:
         """Every table of a batch committed (and what could be confirmed was)."""

@@ -13,17 +13,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_delay,
-    stop_never,
-    wait_exponential,
-)
-
 from cdc_replicator.config import Config, redact_dsn
 from cdc_replicator.engine.apply import Applier
+from cdc_replicator.engine.backoff import Backoff
 from cdc_replicator.engine.batching import Batcher, BatchLimits
 from cdc_replicator.engine.checkpoint import Checkpointer, Recorded, SlotState, StartKind, plan_start
 from cdc_replicator.engine.loader import LoadResult, ProgressSink
@@ -34,13 +26,21 @@ from cdc_replicator.engine.resync import Resyncer
 from cdc_replicator.engine.slotwatch import SlotWatch
 from cdc_replicator.engine.snapshot import Loads, narrowed
 from cdc_replicator.engine.stream import StreamLoop
-from cdc_replicator.errors import ConfigError, ReplicatorError, SourceError
+from cdc_replicator.errors import (
+    ConfigError,
+    ReplicatorError,
+    SinkError,
+    SourceError,
+    StateStoreError,
+    StorageFull,
+)
 from cdc_replicator.model import Lsn, TableId, TableSchema
 from cdc_replicator.service.health import HealthState, Phase, TableState
 from cdc_replicator.service.metrics import Metrics
 from cdc_replicator.sink.delta import DeltaSink
 from cdc_replicator.source import checks, objects
 from cdc_replicator.source.logical import LogicalSource
+from cdc_replicator.source.refetch import SourceRows
 from cdc_replicator.source.watermark import WatermarkSource
 from cdc_replicator.store.state import StateStore, migrations_dir
 
@@ -71,19 +71,32 @@ class Replicator:
         self._selections = config.selections
         self._slot = config.source.slot
         self._tables = config.table_ids
+        # unchanged TOAST values of rows Delta lost are read from the source by key
+        self._source_rows = SourceRows(
+            config.source.dsn,
+            connect_timeout=config.source.connect_timeout_seconds,
+            silence_timeout=config.source.wal_receiver_timeout_seconds,
+        )
         self._sink = DeltaSink(
             config.target.uri,
             slot=self._slot,
             storage_options=dict(config.target.storage_options),
             soft_delete=[t.name for t in config.tables if t.soft_delete],
             target_file_size=config.target.target_file_size,
+            toast_reader=self._source_rows,
         )
         self._state = StateStore(config.state.url)
+        if metrics is not None:  # `verify` runs in its own process and leaves its results here
+            state, slot = self._state, self._slot
+            metrics.verify_results = lambda: state.verifies(slot)
         self._loads = Loads(
             config=config, sink=self._sink, state=self._state, observer=self._obs, stop=self._stop
         )
+        self._backoff = Backoff()
+        self._last_heard: Callable[[], float] | None = None  # the stream's, while one runs
 
     def close(self) -> None:
+        self._source_rows.close()
         self._state.close()
 
     # ---- entry points ----------------------------------------------------------------------
@@ -98,29 +111,31 @@ class Replicator:
                 'run --once is for source.mode = "watermark"',
                 hint="in logical mode the stream never ends: stop the daemon with SIGTERM",
             )
-        give_up = self._cfg.source.retry_give_up_seconds
-        retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, ReplicatorError) and e.retryable),
-            wait=wait_exponential(multiplier=0.5, min=0.5, max=self._cfg.source.retry_max_seconds),
-            stop=stop_after_delay(give_up) if give_up > 0 else stop_never,
-            sleep=self._sleep,
-            before_sleep=self._before_retry,
-            reraise=True,
-        )
-        watch = SlotWatch(
-            self._cfg, self._health, self._metrics, self._stop, enabled=self._cfg.source.mode == "logical"
-        )
+        src = self._cfg.source
+        give_up = src.retry_give_up_seconds
+        backoff = self._backoff = Backoff(cap=src.retry_max_seconds, reset_after=src.retry_reset_seconds)
+        watch = SlotWatch(self._cfg, self._health, self._metrics, self._stop, enabled=src.mode == "logical")
         watch.start()
         try:
-            for attempt in retrying:
-                with attempt:
-                    if self._stop.is_set():
-                        return
+            while not self._stop.is_set():
+                try:
                     self._health.set_phase(Phase.STARTING)
-                    if self._cfg.source.mode == "watermark":
+                    if src.mode == "watermark":
                         self._poll(once=once)
                     else:
                         self._run_logical()
+                    return
+                except ReplicatorError as exc:
+                    if not exc.retryable:
+                        raise
+                    now = time.monotonic()
+                    heard = self._last_heard() if self._last_heard is not None else None
+                    self._last_heard = None
+                    wait = backoff.failed(now, heard=heard)
+                    if give_up > 0 and backoff.failing_for(now) >= give_up:
+                        raise
+                    self._before_retry(exc, wait, backoff.failures)
+                    self._sleep(wait)
         except ReplicatorError as exc:
             if self._metrics is not None:
                 self._metrics.errors.labels(kind=type(exc).__name__).inc()
@@ -159,16 +174,25 @@ class Replicator:
 
     # ---- retries -------------------------------------------------------------------------------
 
-    def _before_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
-        first = str(exc).splitlines()[0] if exc else "?"
-        logger.warning("retrying in %.1fs after: %s", wait, first)
-        kind = type(exc).__name__ if exc is not None else "unknown"
+    def _before_retry(self, exc: ReplicatorError, wait: float, in_a_row: int) -> None:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        waiting_for = None
+        if isinstance(exc, SinkError | StateStoreError):  # not the source: say what, and how to fix it
+            if isinstance(exc, StateStoreError):
+                waiting_for = "state store unavailable, retrying"
+            elif isinstance(exc, StorageFull):
+                waiting_for = "lake storage full, retrying"
+            else:
+                waiting_for = "Delta write failed, retrying"
+            if exc.hint:
+                first = f"{exc.message}; fix: {exc.hint}"
+        logger.warning("retrying in %.1fs (failure %d in a row) after: %s", wait, in_a_row, first)
+        kind = type(exc).__name__
         if self._metrics is not None:
             self._metrics.errors.labels(kind=kind).inc()
             self._metrics.retries.labels(kind=kind).inc()
-        self._health.set_phase(Phase.RETRYING, error=first if exc else None)
+            self._metrics.retry_wait.set(wait)
+        self._health.set_phase(Phase.RETRYING, error=first, waiting_for=waiting_for)
 
     def _sleep(self, seconds: float) -> None:
         """A back-off wait: waiting on purpose, so the health keeps beating."""
@@ -195,7 +219,11 @@ class Replicator:
     def _run_logical(self) -> None:
         """One attempt: check the source, plan the start (load first if needed), then stream."""
         src = self._cfg.source
-        with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
+        with checks.connect(
+            src.dsn,
+            connect_timeout=src.connect_timeout_seconds,
+            silence_timeout=src.wal_receiver_timeout_seconds,
+        ) as conn:
             schemas = checks.preflight(conn, self._tables, self._selections)
             checks.ensure_publication(
                 conn, src.publication, self._tables, narrowed(schemas, self._selections)
@@ -254,6 +282,7 @@ class Replicator:
             schemas=schemas,
             chunk_rows=min(self._cfg.snapshot.chunk_rows, max(1, b.max_rows // 2), 20_000),
             connect_timeout=src.connect_timeout_seconds,
+            silence_timeout=src.wal_receiver_timeout_seconds,
             is_paused=checkpointer.is_paused,
         )
         source = LogicalSource(
@@ -267,6 +296,7 @@ class Replicator:
             status_interval=src.status_interval_seconds,
             connect_timeout=src.connect_timeout_seconds,
             reader=src.reader,
+            receiver_timeout=src.wal_receiver_timeout_seconds,
         )
         loop = StreamLoop(
             source=source,
@@ -290,6 +320,9 @@ class Replicator:
             logger.info("streaming slot=%s from=%s dsn=%s", self._slot, start, redact_dsn(src.dsn))
             self._health.set_connected(True)
             self._health.set_phase(Phase.STREAMING)
+            self._health.watch_source(source.last_heard, src.wal_receiver_timeout_seconds)
+            self._backoff.streaming(time.monotonic())
+            self._last_heard = source.last_heard
             for t in self._tables:
                 if t in positions:
                     self._health.set_committed(t, positions[t].lsn)
@@ -297,14 +330,20 @@ class Replicator:
             resync.restore()
             confirmed = loop.run()
         finally:
+            self._health.watch_source(None)
             self._health.set_connected(False)
             source.close()
             resync.close()
+            self._source_rows.close()
         logger.info("stream stopped slot=%s confirmed=%s", self._slot, confirmed)
 
     def _load_domains(self) -> dict[int, tuple[int, int]]:
         src = self._cfg.source
-        with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
+        with checks.connect(
+            src.dsn,
+            connect_timeout=src.connect_timeout_seconds,
+            silence_timeout=src.wal_receiver_timeout_seconds,
+        ) as conn:
             return checks.load_domains(conn)
 
     # ---- watermark mode ------------------------------------------------------------------------------
@@ -314,6 +353,7 @@ class Replicator:
             self._cfg.source.dsn,
             connect_timeout=self._cfg.source.connect_timeout_seconds,
             statement_timeout=self._cfg.watermark.statement_timeout_seconds,
+            silence_timeout=self._cfg.source.wal_receiver_timeout_seconds,
         )
 
     def _polling(self, source: WatermarkSource) -> PollingLoop:
@@ -330,6 +370,7 @@ class Replicator:
     def _poll(self, *, once: bool) -> None:
         """One attempt of ``run`` in watermark mode: poll every table in turn until stopped."""
         source = self._watermark_source()
+        self._backoff.streaming(time.monotonic())  # a failure after a while of polling is a first one
         try:
             self._polling(source).run(once=once)
         finally:

@@ -81,7 +81,11 @@ class SlotWatch:
     def _guard(self, what: str, fn: Callable[[psycopg.Connection[tuple[object, ...]]], None]) -> None:
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = checks.connect(self._src.dsn, connect_timeout=self._src.connect_timeout_seconds)
+                self._conn = checks.connect(
+                    self._src.dsn,
+                    connect_timeout=self._src.connect_timeout_seconds,
+                    silence_timeout=self._src.wal_receiver_timeout_seconds,
+                )
             fn(self._conn)
         except (ReplicatorError, psycopg.Error) as exc:
             logger.debug("%s failed: %s", what, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -74,7 +74,11 @@ class Loads:
         """
         src = self._cfg.source
         wanted = list(tables) if tables else list(self._tables)
-        with checks.connect(src.dsn, connect_timeout=src.connect_timeout_seconds) as conn:
+        with checks.connect(
+            src.dsn,
+            connect_timeout=src.connect_timeout_seconds,
+            silence_timeout=src.wal_receiver_timeout_seconds,
+        ) as conn:
             schemas = checks.preflight(conn, self._tables, self._selections)
             checks.ensure_publication(
                 conn, src.publication, self._tables, narrowed(schemas, self._selections)
@@ -134,6 +138,7 @@ class Loads:
             stop=self._stop,
             progress=_ObservedLoad(self._obs.health, self._obs.metrics, progress),
             connect_timeout=self._cfg.source.connect_timeout_seconds,
+            silence_timeout=self._cfg.source.wal_receiver_timeout_seconds,
         )
 
     def _partial_load(

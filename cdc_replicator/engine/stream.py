@@ -80,7 +80,10 @@ class StreamLoop:
     def run(self) -> Lsn:
         try:
             for ev in self._source.events(IDLE_SECONDS):
-                self._obs.beat()
+                if ev is None:
+                    self._obs.idle_beat()
+                else:
+                    self._obs.beat()
                 if self._stop.is_set():
                     self._drain()
                     break
@@ -100,7 +103,7 @@ class StreamLoop:
             if ev.table in self._paused:
                 return  # held back: the slot keeps it until the table resumes
             if self._resync is not None:
-                self._resync.on_change(ev)
+                ev = self._resync.on_change(ev)  # inside a chunk window, TOAST gaps come from the chunk
             self._hand_over(self._batcher.add(ev))
         elif isinstance(ev, Begin):
             self._txn_commit = ev.commit_lsn
@@ -127,7 +130,7 @@ class StreamLoop:
                 return
             ev = Truncate(kept, ev.seq)
         if self._resync is not None:
-            self._resync.on_change(ev)
+            self._resync.on_truncate(ev)
         self._hand_over(self._batcher.add(ev))
 
     def _keepalive(self, ev: Keepalive) -> None:

@@ -1,11 +1,14 @@
 """What the daemon is doing, as one thread-safe value: written by the pipeline, read by the endpoint.
 
-Liveness (``/healthz``): the main loop beats on every turn (an event, an idle poll, a chunk of a
-load, a second of a retry back-off). It is *wedged* when no beat came for ``liveness_timeout``
-seconds; waiting on purpose (a back-off, an idle stream) beats, so it is never wedged.
+Liveness (``/healthz``): the main loop beats on every turn (an event, a chunk of a load, a second of
+a retry back-off; an idle turn only while the source is heard from). It is *wedged* when no beat
+came for ``liveness_timeout`` seconds; waiting on purpose (a back-off, an idle stream whose
+walsender still answers) beats, a loop waiting on a dead socket does not.
 
-Readiness (``/readyz``): ready only while streaming, connected to the source, with no table paused
-or failed. Each reason it is not ready is listed, per table where it belongs.
+Readiness (``/readyz``): ready only while streaming, connected to the source, hearing from it
+(``watch_source``: no message for more than three quarters of ``source.wal_receiver_timeout_seconds``
+is a path that looks dead, and ``connected`` turns false), with no table paused or failed. Each
+reason it is not ready is listed, per table where it belongs.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class TableState(StrEnum):
 
 
 _NOT_READY_TABLE = frozenset({TableState.PAUSED, TableState.FAILED})
+_WAITING_FOR_SOURCE = "source unavailable, retrying"
 
 
 @dataclass(slots=True)
@@ -76,10 +80,13 @@ class HealthState:
         self._phase = Phase.STARTING
         self._connected = False
         self._error: str | None = None
+        self._waiting_for = _WAITING_FOR_SOURCE
         self._tables: dict[TableId, _Table] = {t: _Table() for t in tables}
         # (commit LSN, commit time) of each transaction received and not yet applied, oldest first
         self._pending: deque[tuple[int, datetime]] = deque()
         self._listeners: list[Callable[[Phase, str | None], None]] = []
+        self._heard: Callable[[], float] | None = None  # monotonic time the source was last heard
+        self._silence_timeout = 0.0
 
     def add_listener(self, fn: Callable[[Phase, str | None], None]) -> None:
         """``fn(phase, error)`` is called (in the pipeline's thread) on every phase change."""
@@ -90,17 +97,49 @@ class HealthState:
     def beat(self) -> None:
         self._beat = self._clock()  # one float store: atomic under the GIL, no lock on the hot path
 
-    def set_phase(self, phase: Phase, *, error: str | None = None) -> None:
+    def set_phase(self, phase: Phase, *, error: str | None = None, waiting_for: str | None = None) -> None:
+        """``waiting_for`` (RETRYING): what the retry waits for, as /readyz says it (default: the source)."""
         with self._lock:
             changed = (phase, error) != (self._phase, self._error)
             self._phase = phase
             self._error = error
+            if phase is Phase.RETRYING:
+                self._waiting_for = waiting_for or _WAITING_FOR_SOURCE
             if phase in (Phase.RETRYING, Phase.FAILED, Phase.STOPPING):
                 self._connected = False
             self._beat = self._clock()
         if changed:
             for fn in self._listeners:
                 fn(phase, error)
+
+    def watch_source(self, last_heard: Callable[[], float] | None, timeout: float = 0.0) -> None:
+        """While streaming: ``last_heard()`` is when the source last sent anything; None stops watching.
+
+        ``timeout`` is ``source.wal_receiver_timeout_seconds`` (0: silence is never held against it).
+        """
+        with self._lock:
+            self._heard = last_heard if timeout > 0 else None
+            self._silence_timeout = timeout
+
+    def source_silence(self) -> float | None:
+        """Seconds since the source was last heard from; None when not watched."""
+        heard = self._heard
+        return None if heard is None else max(0.0, self._clock() - heard())
+
+    def source_heard(self) -> bool:
+        """False once the watched source has been silent for the whole timeout (a dead path)."""
+        silence = self.source_silence()
+        return silence is None or silence < self._silence_timeout
+
+    def _silent_too_long(self) -> str | None:
+        silence = self.source_silence()
+        bound = 0.75 * self._silence_timeout
+        if silence is None or silence <= bound:
+            return None
+        return (
+            f"no message from the source for {silence:.0f}s (more than {bound:g}s; "
+            f"source.wal_receiver_timeout_seconds = {self._silence_timeout:g}): the network path looks dead"
+        )
 
     def set_connected(self, connected: bool) -> None:
         with self._lock:
@@ -180,13 +219,16 @@ class HealthState:
                 what = {
                     Phase.STARTING: "starting: checking the source",
                     Phase.LOADING: "initial load in progress",
-                    Phase.RETRYING: "source unavailable, retrying",
+                    Phase.RETRYING: self._waiting_for,
                     Phase.STOPPING: "stopping",
                     Phase.FAILED: "failed",
                 }[self._phase]
                 reasons.append(what + (f": {self._error}" if self._error else ""))
             elif not self._connected:
                 reasons.append("not connected to the source")
+            silent = self._silent_too_long() if self._phase is Phase.STREAMING else None
+            if silent is not None:
+                reasons.append(silent)
             tables: dict[str, dict[str, Any]] = {}
             for tid, t in self._tables.items():
                 ok = t.state is TableState.STREAMING
@@ -208,7 +250,7 @@ class HealthState:
             body: dict[str, Any] = {
                 "ready": ready,
                 "phase": self._phase.value,
-                "connected": self._connected,
+                "connected": self._connected and silent is None,
                 "reasons": reasons,
                 "tables": tables,
             }

@@ -7,7 +7,8 @@ are read from the ``HealthState`` at scrape time instead of being pushed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,10 +25,12 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cdc_replicator import __version__
-from cdc_replicator.model import Lsn, TableId
+from cdc_replicator.model import Lsn, TableId, VerifyResult
 from cdc_replicator.service.health import HealthState, Phase, TableState
 
 __all__ = ["CONTENT_TYPE_LATEST", "WAL_STATUSES", "Metrics"]
+
+logger = logging.getLogger(__name__)
 
 # pg_replication_slots.wal_status values, plus ours for "no slot" and "could not read it"
 WAL_STATUSES = ("reserved", "extended", "unreserved", "lost", "missing", "unknown")
@@ -52,6 +55,18 @@ class Metrics:
             "cdc_changes_applied",
             "Rows merged into Delta by operation (a key's changes within one batch count once: the last).",
             ["table", "op"],
+            registry=r,
+        )
+        self.toast_read = Counter(
+            "cdc_toast_rows_read_from_source",
+            "Rows whose unchanged TOAST values were read from the source by key (Delta had no row to keep them from).",
+            ["table"],
+            registry=r,
+        )
+        self.toast_unknown = Counter(
+            "cdc_toast_rows_unknown",
+            "Rows left out because their unchanged TOAST values could not be known (no Delta row, gone at the source).",
+            ["table"],
             registry=r,
         )
         self.truncates = Counter(
@@ -164,12 +179,44 @@ class Metrics:
             "cdc_snapshot_chunks_done", "Chunks of that load already in Delta.", ["table"], registry=r
         )
 
+        # ---- verify (its own process: read from the state store at scrape time) ----------------
+        self.verify_last = Gauge(
+            "cdc_verify_last_timestamp_seconds",
+            "When the last `cdc-replicator verify` of the table finished (Unix time).",
+            ["table"],
+            registry=r,
+        )
+        self.verify_ranges = Gauge(
+            "cdc_verify_ranges_checked",
+            "Key ranges the last verify of the table compared.",
+            ["table"],
+            registry=r,
+        )
+        self.verify_rows = Gauge(
+            "cdc_verify_rows_checked",
+            "Source rows the last verify of the table compared.",
+            ["table"],
+            registry=r,
+        )
+        self.verify_differences = Gauge(
+            "cdc_verify_differences",
+            "Rows the last verify found missing, extra or differing in Delta (0: equal).",
+            ["table"],
+            registry=r,
+        )
+        self.verify_results: Callable[[], Sequence[VerifyResult]] | None = None
+
         # ---- state and errors ----------------------------------------------------------------
         self.errors = Counter(
             "cdc_errors", "Errors by kind (the error class), retried or fatal.", ["kind"], registry=r
         )
         self.retries = Counter(
             "cdc_retries", "Reconnect attempts after a retryable error, by kind.", ["kind"], registry=r
+        )
+        self.retry_wait = Gauge(
+            "cdc_retry_wait_seconds",
+            "The last reconnect back-off wait (it starts again from 0.5 s after a healthy stream).",
+            registry=r,
         )
         self.table_state = Enum(
             "cdc_table_state",
@@ -206,4 +253,19 @@ class Metrics:
                 self.committed_lsn.labels(table=str(table)).set(value)
             paused += state is TableState.PAUSED
         self.paused_tables.set(paused)
+        self._refresh_verify()
         return generate_latest(self.registry)
+
+    def _refresh_verify(self) -> None:
+        if self.verify_results is None:
+            return
+        try:
+            results = self.verify_results()
+        except Exception as exc:  # a scrape never fails for it: the other metrics still matter
+            logger.warning("reading the last verify results failed: %s", type(exc).__name__)
+            return
+        for v in results:
+            self.verify_last.labels(table=v.table).set(v.finished_at.timestamp())
+            self.verify_ranges.labels(table=v.table).set(v.ranges)
+            self.verify_rows.labels(table=v.table).set(v.rows)
+            self.verify_differences.labels(table=v.table).set(v.differences)

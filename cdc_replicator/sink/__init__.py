@@ -8,7 +8,7 @@ engine's unit specs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -26,7 +26,7 @@ from cdc_replicator.model import (
     WatermarkPosition,
 )
 
-__all__ = ["ApplyResult", "ChunkWritten", "Lake", "LoadSink", "OffsetStore", "Sink"]
+__all__ = ["ApplyResult", "ChunkWritten", "Lake", "LoadSink", "OffsetStore", "Sink", "ToastReader"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,24 @@ class ApplyResult:
     updated: int
     deleted: int
     truncated: bool
+    toast_read: int = 0  # rows whose unchanged TOAST values were read from the source (Delta had no row)
+    toast_unknown: int = 0  # rows left out: their unchanged TOAST values could not be known
+
+
+class ToastReader(Protocol):
+    """Reads rows' current values at the source by key: TOAST values the stream did not send.
+
+    The sink asks it only for rows Delta has no row to keep those values from (a row lost behind
+    the daemon's back, or moved from such a row). What it returns is at least as new as the change
+    being applied (that change committed before it was streamed); a later change of those values
+    carries them and is applied after. Threads: any (a batch's tables are applied side by side).
+    """
+
+    def read(self, schema: TableSchema, keys: pa.Table, columns: Sequence[str]) -> pa.Table:
+        """The source's rows at ``keys`` (the key columns, PostgreSQL text as ``binary``): the key
+        columns and ``columns``, in the same text form; a key the source no longer has is absent.
+        Raises a ``SourceError`` when the source cannot be read."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,8 @@ from cdc_replicator.model import (
     TableSchema,
     WatermarkPosition,
 )
-from cdc_replicator.sink import ApplyResult, ChunkWritten
-from cdc_replicator.sink.merge import merge, rows_at
+from cdc_replicator.sink import ApplyResult, ChunkWritten, ToastReader
+from cdc_replicator.sink.merge import keys_present, merge, rows_at
 from cdc_replicator.sink.offsets import (
     app_id,
     commit_properties,
@@ -39,13 +39,17 @@ from cdc_replicator.sink.offsets import (
     read_watermark,
 )
 from cdc_replicator.sink.plan import (
+    fill_toast,
+    flagged_keys,
     moved_keys,
     plan_merge,
     quote,
     range_predicate,
     target_schema,
+    toast_gaps,
     typed_columns,
 )
+from cdc_replicator.sink.storage import storage_error
 from cdc_replicator.types import arrow_type
 
 __all__ = ["DeltaSink"]
@@ -61,6 +65,11 @@ class DeltaSink:
     Contract: ``apply`` commits rows and position in one Delta commit, never moves a position
     backwards, and is a no-op for a position the table already holds. Single writer: two
     processes writing the same table make one of them fail with a SinkError.
+
+    An unchanged TOAST value is kept from the Delta row (or the row a key moved from). Where Delta
+    has no such row, it is read from the source by key (``toast_reader``); a row the source no
+    longer has either is left out, logged and counted (``ApplyResult.toast_unknown``) — never
+    written with NULL.
     """
 
     def __init__(
@@ -71,7 +80,9 @@ class DeltaSink:
         storage_options: Mapping[str, str] | None = None,
         soft_delete: Iterable[TableId] = (),
         target_file_size: int | None = None,
+        toast_reader: ToastReader | None = None,
     ) -> None:
+        self._toast = toast_reader  # where unchanged TOAST values come from when Delta lost the row
         self._root = root if "://" in root else os.path.abspath(root)
         self._slot = slot
         self._opts = dict(storage_options or {})
@@ -101,9 +112,10 @@ class DeltaSink:
         except TableNotFoundError:
             return None
         except (DeltaError, OSError) as exc:
-            raise SinkError(
-                f"cannot open the Delta table of {table} at {self.uri(table)}", retryable=True
-            ) from exc
+            where = self.uri(table)
+            raise storage_error(
+                exc, context=f"cannot open the Delta table of {table}", path=where
+            ) or SinkError(f"cannot open the Delta table of {table} at {where}", retryable=True) from exc
         self._tables[table] = dt
         return dt
 
@@ -152,7 +164,10 @@ class DeltaSink:
             else:
                 self._write(table, tschema.empty_table(), props, mode="append")
         except (DeltaError, OSError) as exc:
-            raise SinkError(f"cannot prepare the Delta table of {table} at {self.uri(table)}: {exc}") from exc
+            where = self.uri(table)
+            raise storage_error(
+                exc, context=f"cannot prepare the Delta table of {table}", path=where
+            ) or SinkError(f"cannot prepare the Delta table of {table} at {where}: {exc}") from exc
         self._tables.pop(table, None)
 
     def load_chunk(
@@ -239,8 +254,9 @@ class DeltaSink:
         except (DeltaError, OSError) as exc:
             if source_failed:  # reading failed, not writing: the source's error says what to do
                 raise source_failed[0]  # noqa: B904 - its own cause chain is the one to show
-            raise SinkError(
-                f"writing a chunk of {table} to {self.uri(table)} failed: {exc}", retryable=True
+            where = self.uri(table)
+            raise storage_error(exc, context=f"writing a chunk of {table} failed", path=where) or SinkError(
+                f"writing a chunk of {table} to {where} failed: {exc}", retryable=True
             ) from exc
         return ChunkWritten(counted[0], self._files_added(table, token), counted[1])
 
@@ -263,7 +279,10 @@ class DeltaSink:
         try:
             self._write(table, tschema.empty_table(), props, mode="append")
         except (DeltaError, OSError) as exc:
-            raise SinkError(f"recording the load position of {table} failed: {exc}", retryable=True) from exc
+            context = f"recording the load position of {table} failed"
+            raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+                f"{context}: {exc}", retryable=True
+            ) from exc
         self._tables.pop(table, None)
 
     def _write(
@@ -348,6 +367,7 @@ class DeltaSink:
         soft = table in self._soft
         old_keys = moved_keys(patch)
         moved_rows = None if old_keys is None or patch.truncate else rows_at(dt, patch.schema, old_keys)
+        patch, toast_read, toast_unknown = self._fill_toast_gaps(dt, patch, moved_rows)
         plan = plan_merge(patch, soft_delete=soft, moved_rows=moved_rows, target=self._arrow_schema(dt))
         _report(table, plan.notes)
         props = self._props(table, position, {"cdc.batch": str(batch_id), **(metadata or {})})
@@ -357,7 +377,7 @@ class DeltaSink:
                 self._write(table, plan.upsert_rows, props, mode="overwrite")
                 self._tables.pop(table, None)
                 n = plan.upsert_rows.num_rows
-                return ApplyResult(table, before + 1, n, 0, 0, True)
+                return ApplyResult(table, before + 1, n, 0, 0, True, toast_read, toast_unknown)
             metrics = merge(dt, plan, props, patch)
             dt.update_incremental()
             if dt.version() == before:
@@ -366,8 +386,9 @@ class DeltaSink:
                 dt.update_incremental()
         except (DeltaError, OSError) as exc:
             self._tables.pop(table, None)
-            raise SinkError(
-                f"merge into {table} up to {_describe(position)} failed: {exc}",
+            context = f"merge into {table} up to {_describe(position)} failed"
+            raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+                f"{context}: {exc}",
                 hint="the daemon retries; if another process writes this table, stop it",
                 retryable=True,
             ) from exc
@@ -378,7 +399,61 @@ class DeltaSink:
             int(metrics.get("num_target_rows_updated", 0)),
             int(metrics.get("num_target_rows_deleted", 0)),
             patch.truncate,
+            toast_read,
+            toast_unknown,
         )
+
+    def _fill_toast_gaps(
+        self, dt: DeltaTable, patch: TablePatch, moved_rows: pa.Table | None
+    ) -> tuple[TablePatch, int, int]:
+        """Unchanged TOAST values Delta cannot give (no row, or no moved-from row): from the source.
+
+        Returns the patch to merge, the rows filled from the source and the rows left out (the
+        source no longer has them either: a later change in the stream deletes or moves them).
+        """
+        schema = patch.schema
+        flagged = flagged_keys(patch)
+        present = None
+        if flagged is not None and not patch.truncate:  # after a TRUNCATE no old row is left
+            try:
+                present = keys_present(dt, schema, flagged)
+            except (DeltaError, OSError) as exc:
+                raise SinkError(
+                    f"reading the rows of {schema.table} whose TOAST values stay unchanged failed: {exc}",
+                    retryable=True,
+                ) from exc
+        gaps = toast_gaps(patch, present, moved_rows)
+        if gaps is None:
+            return patch, 0, 0
+        table = schema.table
+        if self._toast is None:
+            found = gaps.schema.empty_table()
+        else:
+            found = self._toast.read(schema, gaps, patch.unchanged_columns)
+        patch, unknown = fill_toast(patch, gaps, found)
+        read = gaps.num_rows - unknown
+        if read:
+            logger.info("unchanged toast values read from the source table=%s rows=%d", table, read)
+        if unknown and self._toast is None:
+            logger.warning(
+                "unchanged toast value unknown: Delta has no row to keep it from and no source to read "
+                "it from; the row is left out (re-sync it: cdc-replicator --config FILE snapshot --table "
+                "%s) table=%s rows=%d",
+                table,
+                table,
+                unknown,
+            )
+        elif unknown:
+            logger.warning(
+                "unchanged toast value unknown: Delta has no row to keep it from and the source no "
+                "longer has the row; the row is left out (a later change of the stream deletes or moves "
+                "it; if it stays missing, run: cdc-replicator --config FILE snapshot --table %s) "
+                "table=%s rows=%d",
+                table,
+                table,
+                unknown,
+            )
+        return patch, read, unknown
 
     @staticmethod
     def _arrow_schema(dt: DeltaTable) -> pa.Schema:
@@ -434,7 +509,10 @@ class DeltaSink:
                 done += [f"added {f.name} {f.type}" for f in missing]
         except (DeltaError, OSError) as exc:
             self._tables.pop(table, None)
-            raise SinkError(f"evolving the Delta table of {table} failed: {exc}", retryable=True) from exc
+            context = f"evolving the Delta table of {table} failed"
+            raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+                f"{context}: {exc}", retryable=True
+            ) from exc
         self._tables.pop(table, None)
         return done
 
@@ -456,6 +534,25 @@ class DeltaSink:
             where = f'({where}) AND ("_cdc_deleted" IS NULL OR NOT "_cdc_deleted")'
         reader = QueryBuilder().register("t", dt).execute(f"select {cols} from t where {where}")  # noqa: S608
         return pa.table(reader.read_all())
+
+    def rows_in_range(self, schema: TableSchema, key_range: KeyRange) -> pa.Table:
+        """The rows of ``key_range`` (pruned by the key predicate): ``schema``'s columns, ``_cdc_lsn``
+        and, for a soft-delete table, ``_cdc_deleted``; an empty table when there is no Delta table."""
+        table = schema.table
+        dt = self._open(table)
+        soft = table in self._soft
+        want = target_schema(schema, soft_delete=soft)
+        names = [*schema.column_names, "_cdc_lsn", *(["_cdc_deleted"] if soft else [])]
+        if dt is None:
+            return pa.table({n: pa.array([], want.field(n).type) for n in names})
+        have = set(self._arrow_schema(dt).names)
+        cols = ", ".join(quote(n) if n in have else f"NULL AS {quote(n)}" for n in names)
+        where = range_predicate(schema, key_range) or "true"
+        try:
+            reader = QueryBuilder().register("t", dt).execute(f"select {cols} from t where {where}")  # noqa: S608
+            return pa.table(reader.read_all())
+        except (DeltaError, OSError) as exc:
+            raise SinkError(f"reading a key range of {table} from {self.uri(table)} failed: {exc}") from exc
 
     def last_commit(self, table: TableId) -> tuple[int, datetime | None] | None:
         """The table's current version and when it was committed (None: no table)."""

@@ -118,7 +118,10 @@ class MemorySink:
             t.position = position
             t.version += 1
             self.commits.append((table, position))
-            return ApplyResult(table, t.version, *counts, patch.truncate)
+            inserted, updated, deleted, unknown = counts
+            return ApplyResult(
+                table, t.version, inserted, updated, deleted, patch.truncate, toast_unknown=unknown
+            )
 
     def evolve(self, schema: TableSchema) -> list[str]:
         with self._lock:
@@ -129,8 +132,12 @@ class MemorySink:
             return [f"added {c}" for c in added]
 
 
-def _merge(t: _Table, patch: TablePatch) -> tuple[int, int, int]:
-    """Apply the patch's rows to ``t`` as the sequenced MERGE does; (inserted, updated, deleted)."""
+def _merge(t: _Table, patch: TablePatch) -> tuple[int, int, int, int]:
+    """Apply the patch's rows to ``t`` as the sequenced MERGE does; (inserted, updated, deleted, unknown).
+
+    A row whose unchanged TOAST value has no row to come from is left out (``unknown``), as
+    ``DeltaSink`` does when the source cannot give it either.
+    """
     if patch.truncate:
         t.rows.clear()
     cols = patch.rows.to_pydict()
@@ -139,7 +146,7 @@ def _merge(t: _Table, patch: TablePatch) -> tuple[int, int, int]:
     has_moved = all(m in cols for m in moved)
     # the old key's row, for values that stayed unchanged while the key moved: read before the merge
     before = dict(t.rows)
-    inserted = updated = deleted = 0
+    inserted = updated = deleted = unknown = 0
     touched: set[Key] = set()
     for i in range(patch.rows.num_rows):
         k = tuple(cols[c][i] for c in key)
@@ -157,9 +164,12 @@ def _merge(t: _Table, patch: TablePatch) -> tuple[int, int, int]:
         if old is None and has_moved and cols[moved[0]][i] is not None:
             old = before.get(tuple(cols[m][i] for m in moved))
         row: Row = {c: cols[c][i] for c in patch.schema.column_names}
+        if old is None and any(cols[UNCHANGED_PREFIX + c][i] for c in patch.unchanged_columns):
+            unknown += 1  # no row to keep the value from and no source to read it: left out, never NULL
+            continue
         for c in patch.unchanged_columns:
-            if cols[UNCHANGED_PREFIX + c][i]:
-                row[c] = None if old is None else old.get(c)
+            if cols[UNCHANGED_PREFIX + c][i] and old is not None:
+                row[c] = old.get(c)
         row["_cdc_lsn"] = lsn
         t.rows[k] = row
         if current is None:
@@ -172,4 +182,4 @@ def _merge(t: _Table, patch: TablePatch) -> tuple[int, int, int]:
         ]:
             del t.rows[k]
             deleted += 1
-    return inserted, updated, deleted
+    return inserted, updated, deleted, unknown

@@ -12,7 +12,7 @@ from deltalake import CommitProperties, DeltaTable
 from cdc_replicator.model import TablePatch, TableSchema
 from cdc_replicator.sink.plan import MergePlan, quote
 
-__all__ = ["merge", "rows_at"]
+__all__ = ["keys_present", "merge", "rows_at"]
 
 
 def merge(dt: DeltaTable, plan: MergePlan, props: CommitProperties, patch: TablePatch) -> dict[str, Any]:
@@ -66,3 +66,19 @@ def rows_at(dt: DeltaTable, schema: TableSchema, keys: pa.Table) -> pa.Table:
         mask = [tuple(r[k] for k in schema.key) in wanted for r in found.select(list(schema.key)).to_pylist()]
         found = found.filter(pa.array(mask, pa.bool_()))
     return found
+
+
+def keys_present(dt: DeltaTable, schema: TableSchema, keys: pa.Table) -> pa.Table:
+    """The key columns of the table's rows whose first key column is among ``keys``' (a superset
+    of the rows at ``keys``: callers match every key column). Reads only the key columns of the
+    files in the keys' range of the first key column; the keys are matched in memory.
+    """
+    first = schema.key[0]
+    wanted = keys.column(first)
+    if isinstance(wanted, pa.ChunkedArray):
+        wanted = wanted.combine_chunks()
+    ds = dt.to_pyarrow_dataset()
+    bounds = pc.min_max(wanted)
+    in_range = (pc.field(first) >= bounds["min"]) & (pc.field(first) <= bounds["max"])
+    found = ds.to_table(columns=list(schema.key), filter=in_range)
+    return found.filter(pc.is_in(found.column(first), value_set=wanted))

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc_replicator.errors import DecodeError
-from cdc_replicator.model import MOVED_PREFIX, UNCHANGED_PREFIX, KeyRange, TablePatch, TableSchema
+from cdc_replicator.model import MOVED_PREFIX, UNCHANGED_PREFIX, KeyRange, TablePatch, TableSchema, Value
 from cdc_replicator.types import arrow_type, cast_text
 
 __all__ = [
     "META_COLUMNS",
     "range_predicate",
     "moved_keys",
+    "flagged_keys",
+    "toast_gaps",
+    "fill_toast",
     "MergePlan",
     "plan_merge",
     "target_schema",
@@ -117,6 +120,118 @@ def moved_keys(patch: TablePatch) -> pa.Table | None:
             for k in schema.key
         }
     )
+
+
+def _flagged(patch: TablePatch) -> pa.Array | None:
+    """Per row: a non-delete row with at least one value still marked unchanged (None: no such row)."""
+    rows = patch.rows
+    if not patch.unchanged_columns or rows.num_rows == 0:
+        return None
+    flags = [pc.fill_null(rows.column(UNCHANGED_PREFIX + n), False) for n in patch.unchanged_columns]
+    any_flag = flags[0]
+    for f in flags[1:]:
+        any_flag = pc.or_(any_flag, f)
+    mask = pc.and_(any_flag, pc.not_equal(rows.column("_cdc_op"), "d"))
+    if not pc.any(mask).as_py():
+        return None
+    return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
+
+
+def _typed_keys(schema: TableSchema, rows: pa.Table, prefix: str = "") -> pa.Table:
+    by_name = {c.name: c for c in schema.columns}
+    return pa.table(
+        {
+            k: cast_text(rows.column(prefix + k), by_name[k].type_oid, by_name[k].type_modifier)
+            for k in schema.key
+        }
+    )
+
+
+def _member(keys: pa.Table, found: pa.Table | None) -> pa.Array:
+    """Per row of ``keys``: whether ``found`` (same key columns, typed) has that key."""
+    n = keys.num_rows
+    if found is None or found.num_rows == 0:
+        return pa.array([False] * n, pa.bool_())
+    names = keys.column_names
+    if len(names) == 1:
+        col = keys.column(names[0])
+        return pc.fill_null(pc.is_in(col, value_set=found.column(names[0]).combine_chunks()), False)
+    have = set(zip(*(found.column(k).to_pylist() for k in names), strict=True))
+    mine = zip(*(keys.column(k).to_pylist() for k in names), strict=True)
+    return pa.array([k in have for k in mine], pa.bool_())
+
+
+def flagged_keys(patch: TablePatch) -> pa.Table | None:
+    """The typed keys of the rows whose unchanged TOAST values the merge would take from their own
+    Delta row (rows still marked after the batch, that did not move); None: no such row."""
+    mask = _flagged(patch)
+    if mask is None:
+        return None
+    name = MOVED_PREFIX + patch.schema.key[0] if patch.schema.key else ""
+    if name in patch.rows.column_names:
+        mask = pc.and_(mask, pc.is_null(patch.rows.column(name)))
+    rows = patch.rows.filter(mask)
+    return _typed_keys(patch.schema, rows) if rows.num_rows else None
+
+
+def toast_gaps(patch: TablePatch, present: pa.Table | None, moved_rows: pa.Table | None) -> pa.Table | None:
+    """The keys (PostgreSQL text, as the patch has them) of rows whose unchanged TOAST values nothing
+    in Delta can give: a row that has no Delta row, or that moved from a key Delta has no row at.
+
+    ``present``: the Delta rows (at least their key columns) at ``flagged_keys(patch)``;
+    ``moved_rows``: the Delta rows at ``moved_keys(patch)``. None: no rows. Without a fill these
+    rows would be inserted with NULL where the source holds a value.
+    """
+    mask = _flagged(patch)
+    if mask is None:
+        return None
+    schema, rows = patch.schema, patch.rows
+    key = list(schema.key)
+    own = _member(_typed_keys(schema, rows), None if present is None else present.select(key))
+    moved_name = MOVED_PREFIX + key[0]
+    if moved_name in rows.column_names:
+        is_moved = pc.is_valid(rows.column(moved_name))
+        old = _member(
+            _typed_keys(schema, rows, MOVED_PREFIX), None if moved_rows is None else moved_rows.select(key)
+        )
+        found = pc.if_else(is_moved, old, own)
+    else:
+        found = own
+    gap = pc.and_(mask, pc.invert(found))
+    if not pc.any(gap).as_py():
+        return None
+    return rows.select(key).filter(gap)
+
+
+def fill_toast(patch: TablePatch, gaps: pa.Table, found: pa.Table) -> tuple[TablePatch, int]:
+    """Fill the unchanged TOAST values of the rows at ``gaps`` from ``found`` (the source's current
+    rows, PostgreSQL text; a key it lacks is absent). A gap ``found`` has no row for cannot be
+    known: that row leaves the patch (it is not written rather than written with NULL). Returns the
+    patch and the number of rows left out.
+    """
+    schema, rows = patch.schema, patch.rows
+    key = list(schema.key)
+
+    def keys_of(t: pa.Table) -> list[tuple[Value, ...]]:
+        return list(zip(*(t.column(k).to_pylist() for k in key), strict=True))
+
+    wanted = set(keys_of(gaps))
+    by_key = dict(zip(keys_of(found), found.to_pylist(), strict=True))
+    row_keys = keys_of(rows)
+    keep = [k not in wanted or k in by_key for k in row_keys]
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {n: rows.column(n) for n in rows.column_names}
+    for n in patch.unchanged_columns:
+        values = rows.column(n).to_pylist()
+        flags = rows.column(UNCHANGED_PREFIX + n).to_pylist()
+        for i, k in enumerate(row_keys):
+            got = by_key.get(k) if k in wanted else None
+            if got is not None and flags[i]:
+                values[i], flags[i] = got[n], False
+        columns[n] = pa.array(values, rows.schema.field(n).type)
+        columns[UNCHANGED_PREFIX + n] = pa.array(flags, pa.bool_())
+    filled = pa.table(columns, schema=rows.schema).filter(pa.array(keep, pa.bool_()))
+    left_out = len(keep) - sum(keep)
+    return replace(patch, rows=filled), left_out
 
 
 def plan_merge(

@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Self
 
 import psycopg
 from psycopg import sql
 
 from cdc_replicator.errors import MissingKey, SourceError, WalLevelNotLogical
 from cdc_replicator.model import Column, ColumnSelection, Lsn, TableId, TableSchema
-from cdc_replicator.source import pgerrors
+from cdc_replicator.source import netguard, pgerrors
 from cdc_replicator.source.replication import SESSION_OPTIONS
 from cdc_replicator.types import resolve_domains
 
@@ -22,6 +23,8 @@ __all__ = [
     "HEARTBEAT_PREFIX",
     "SlotInfo",
     "SlotStats",
+    "GuardedConnection",
+    "GuardedCursor",
     "connect",
     "drop_slot",
     "emit_heartbeat",
@@ -38,22 +41,54 @@ logger = logging.getLogger(__name__)
 MIN_SERVER_VERSION = 140000
 
 
+class GuardedCursor(psycopg.Cursor[tuple[object, ...]]):
+    """A cursor whose ``execute`` cannot wait forever on a dead path (``netguard.SilenceGuard``)."""
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Self:
+        conn = self.connection
+        timeout = float(getattr(conn, "silence_timeout", 0.0))
+        if timeout <= 0:
+            return super().execute(query, params, **kwargs)
+        with netguard.GUARD.watching(conn.pgconn.socket, timeout, "waiting for a query's answer") as w:
+            try:
+                return super().execute(query, params, **kwargs)
+            except psycopg.Error as exc:
+                if w.fired:
+                    raise netguard.silence_error(timeout, "waiting for a query's answer") from exc
+                raise
+
+
+class GuardedConnection(psycopg.Connection[tuple[object, ...]]):
+    """A connection that knows its silence bound (read by ``GuardedCursor``)."""
+
+    silence_timeout: float = 0.0
+
+
 def connect(
-    dsn: str, *, connect_timeout: float = 10.0, autocommit: bool = True
+    dsn: str, *, connect_timeout: float = 10.0, autocommit: bool = True, silence_timeout: float = 0.0
 ) -> psycopg.Connection[tuple[object, ...]]:
-    """A regular connection with the session settings both data paths rely on."""
+    """A regular connection with the session settings both data paths rely on.
+
+    TCP keepalives and ``connect_timeout`` are added unless the DSN sets them; with
+    ``silence_timeout`` > 0 a query that hears nothing from the server for that long is ended
+    (``netguard``) and raises ``SourceUnavailable``: retried like any lost connection.
+    """
+    conninfo = netguard.network_conninfo(
+        dsn,
+        connect_timeout=connect_timeout,
+        silence_timeout=silence_timeout,
+        options=SESSION_OPTIONS,
+        application_name="cdc-replicator",
+    )
     try:
-        return psycopg.connect(
-            dsn,
-            autocommit=autocommit,
-            connect_timeout=max(1, int(connect_timeout)),
-            options=SESSION_OPTIONS,
-            application_name="cdc-replicator",
-        )
+        with netguard.CONNECT_LOCK:  # so that the ADBC driver's socket can be told from ours
+            conn = GuardedConnection.connect(conninfo, autocommit=autocommit, cursor_factory=GuardedCursor)
     except psycopg.Error as exc:  # an unparsable dsn too: libpq's ping says so
         raise pgerrors.connect_error(
             dsn, exc, context="cannot connect to the source database", connect_timeout=connect_timeout
         ) from exc
+    conn.silence_timeout = silence_timeout
+    return conn
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ class Decoder:
         self._keys = dict(keys)
         self._selections = {t: s for t, s in (selections or {}).items() if not s.everything}
         self._keep: dict[int, tuple[int, ...]] = {}  # positions of the selected columns, per relation
+        self._widths: dict[int, int] = {}  # columns of each relation's Relation message: every tuple has them
         self._relations: dict[int, TableSchema] = {}
         self._ignored: set[int] = set()
         self._seq = 0  # row changes of the open transaction so far, of every relation
@@ -63,7 +64,7 @@ class Decoder:
         """Events for one message (most give one event, some none)."""
         if isinstance(msg, wire.Insert):
             self._seq += 1
-            schema = self._schema(msg.relation_id)
+            schema = self._schema(msg.relation_id, msg.new)
             if schema is None:
                 return []
             keep = self._keep.get(msg.relation_id)
@@ -71,7 +72,7 @@ class Decoder:
             return [RowChange(schema.table, Op.INSERT, new, None, self._seq)]
         if isinstance(msg, wire.Update):
             self._seq += 1
-            schema = self._schema(msg.relation_id)
+            schema = self._schema(msg.relation_id, msg.new, msg.old)
             if schema is None:
                 return []
             new, old = msg.new, msg.old
@@ -84,7 +85,7 @@ class Decoder:
             return [RowChange(schema.table, Op.UPDATE, new, old, self._seq)]
         if isinstance(msg, wire.Delete):
             self._seq += 1
-            schema = self._schema(msg.relation_id)
+            schema = self._schema(msg.relation_id, msg.old)
             if schema is None:
                 return []
             keep = self._keep.get(msg.relation_id)
@@ -116,13 +117,21 @@ class Decoder:
             self._time_micros, self._time_value = micros, pg_time_to_datetime(micros)
         return self._time_value
 
-    def _schema(self, relation_id: int) -> TableSchema | None:
+    def _schema(self, relation_id: int, *rows: tuple[Value, ...] | None) -> TableSchema | None:
+        """The schema of ``relation_id`` (None: not ours), checking that ``rows`` have its columns."""
         schema = self._relations.get(relation_id)
         if schema is None and relation_id not in self._ignored:
             raise DecodeError(
                 f"change for relation {relation_id} arrived before its Relation message",
                 hint="this is a protocol violation; restart the daemon (it resumes from the last commit)",
             )
+        width = self._widths.get(relation_id)
+        for row in rows:
+            if schema is not None and row is not None and len(row) != width:
+                raise DecodeError(
+                    f"a row of {schema.table} has {len(row)} columns, its Relation message {width}",
+                    hint="this is a protocol violation; restart the daemon (it resumes from the last commit)",
+                )
         return schema
 
     def _relation(self, msg: wire.Relation) -> list[SourceEvent]:
@@ -133,6 +142,7 @@ class Decoder:
             self._relations.pop(msg.relation_id, None)
             return []
         self._ignored.discard(msg.relation_id)
+        self._widths[msg.relation_id] = len(msg.columns)
         names = {c.name for c in msg.columns}
         use_flags = not key or not set(key) <= names
         selection = self._selections.get(table)

@@ -66,6 +66,7 @@ class LogicalSource:
         spill_dir: str | None = None,
         queue_chunks: int = 64,
         reader: Literal["process", "thread"] = "process",
+        receiver_timeout: float = 0.0,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._process = reader == "process"
@@ -78,10 +79,12 @@ class LogicalSource:
             # no lock: one aligned 64-bit word, written by the daemon, read by the reader (a lock the
             # reader held when it was killed would block the daemon's confirm forever)
             self._shared_flush = ctx.RawValue(ctypes.c_uint64, start.value)
+            self._heard = ctx.RawValue(ctypes.c_double, time.monotonic())  # CLOCK_MONOTONIC: system-wide
         else:
             self._queue = queue.Queue(maxsize=queue_chunks)
             self._stop = threading.Event()
             self._shared_flush = ctypes.c_uint64(start.value)
+            self._heard = ctypes.c_double(time.monotonic())
         self._flush = start  # what the caller confirmed; only the caller's thread touches it
         self._spill_root = Path(tempfile.mkdtemp(prefix="cdc-spill-", dir=spill_dir))
         self._reader = Reader(
@@ -98,6 +101,8 @@ class LogicalSource:
             stop=self._stop,
             flush=self._shared_flush,
             process=self._process,
+            receiver_timeout=receiver_timeout,
+            heard=self._heard,
         )
         self._thread: threading.Thread | None = None
         self._child: Any = None
@@ -188,6 +193,10 @@ class LogicalSource:
             except queue.Empty:
                 raise _ReaderGone(self._child.exitcode) from None
         return None
+
+    def last_heard(self) -> float:
+        """``time.monotonic()`` when the reader last heard from the walsender (or waited on us)."""
+        return float(self._heard.value)
 
     def confirm(self, upto: Lsn) -> None:
         """Called from the thread that owns the source (the Source contract); the reader reads the word."""

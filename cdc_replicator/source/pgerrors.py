@@ -24,9 +24,12 @@ after the failure holds only the text). So a failed connect is decided by what l
   and the list of fixes (under systemd ``Restart=on-failure`` starts it again, so a full server
   is retried at the unit's pace: libpq gives no way to tell 53300 from a refusal at connect time).
 
-Client-side refusals without a server answer (``sslmode=require`` against a server without SSL,
-``require_auth``, an unreadable certificate) look to libpq's ping like an unreachable server:
-they are retried, with libpq's message in every retry's log line.
+Client-side refusals without a server answer look to libpq's ping like an unreachable server. TLS
+ones never heal (a certificate that fails verification, a wrong ``sslrootcert``, a server without
+TLS under ``sslmode=require``): ``source/tls.py`` tells them from a server that is down by probing
+with other TLS settings, and they stop with exit 3 (``TlsVerificationFailed``). The rest
+(``require_auth``, an unreadable client certificate, an unresolvable host) are retried, with
+libpq's message in every retry's log line.
 """
 
 from __future__ import annotations
@@ -40,12 +43,14 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cdc_replicator.errors import AuthenticationFailed, SourceError, from_sqlstate
+from cdc_replicator.source.tls import tls_failure
 
 __all__ = ["connect_error", "from_exception", "from_result", "sqlstate_of", "translated"]
 
 _REFUSED = (
     "the server runs but refused this connection (see its message): check the role and its password "
-    "(PGPASSWORD or PGPASSFILE), a pg_hba.conf line that allows it, the database name, and that the "
+    "(source.password_file, PGPASSWORD or PGPASSFILE), a pg_hba.conf line that allows it, the database "
+    "name and the role's connect privilege on it (grant connect on database <db> to <role>;), that the "
     "role has LOGIN and REPLICATION (alter role <role> with login replication;); a server with too many "
     "clients needs a higher max_connections / max_wal_senders"
 )
@@ -130,9 +135,11 @@ def connect_error(
     if needs_password:
         return AuthenticationFailed(
             f"{context}: {text}",
-            hint="the server asks for a password and none was given: set it in PGPASSWORD or PGPASSFILE",
+            hint="the server asks for a password and none was given: set it in source.password_file, "
+            "PGPASSWORD or PGPASSFILE",
         )
     conninfo = _with_timeout(dsn, connect_timeout)
+    started = time.monotonic()
     answer = pq.PGconn.ping(conninfo.encode())
     if answer == pq.Ping.NO_ATTEMPT:
         return SourceError(
@@ -142,6 +149,11 @@ def connect_error(
         )
     if answer == pq.Ping.REJECT:
         return from_sqlstate("57P03", message, context=context)
+    # a TLS refusal comes right after the TCP connect; a ping that used up connect_timeout met a
+    # silent path (a partition): no probe would get further, so none is made
+    if answer == pq.Ping.NO_RESPONSE and not _timed_out(conninfo, connect_timeout, started):
+        if tls := tls_failure(conninfo, context=context, text=text):
+            return tls
     if answer == pq.Ping.OK and _connects(conninfo, connect_timeout) is False:
         return AuthenticationFailed(f"{context}: {text}", hint=_REFUSED)
     return from_sqlstate(None, message, context=context)  # unreachable, or it came up meanwhile
@@ -164,13 +176,18 @@ def _connects(conninfo: str, timeout: float | None) -> bool | None:
     try:
         if conn.status == pq.ConnStatus.OK:
             return True
-        if timeout is None:  # the connection string's own, when it has one
-            given = conninfo_to_dict(conninfo).get("connect_timeout")
-            timeout = float(str(given)) if given is not None and str(given).isdigit() else None
-        limit = max(1, int(timeout)) if timeout is not None else None
-        return None if limit is not None and time.monotonic() - started >= limit - 0.1 else False
+        return None if _timed_out(conninfo, timeout, started) else False
     finally:
         conn.finish()
+
+
+def _timed_out(conninfo: str, timeout: float | None, started: float) -> bool:
+    """Whether an attempt begun at ``started`` used up ``connect_timeout`` (else the string's own)."""
+    if timeout is None:  # the connection string's own, when it has one
+        given = conninfo_to_dict(conninfo).get("connect_timeout")
+        timeout = float(str(given)) if given is not None and str(given).isdigit() else None
+    limit = max(1, int(timeout)) if timeout is not None else None
+    return limit is not None and time.monotonic() - started >= limit - 0.1
 
 
 @contextmanager

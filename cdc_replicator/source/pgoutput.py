@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Final, NoReturn, TypeAlias
 
 from cdc_replicator.errors import DecodeError
-from cdc_replicator.model import UNCHANGED, Value
+from cdc_replicator.model import PG_EPOCH, UNCHANGED, Value
 from cdc_replicator.source.wire import (
     Begin,
     Commit,
@@ -65,6 +66,7 @@ _HINT: Final = (
     "and that in_stream matches Stream Start/Stop"
 )
 _INT_NAMES: Final = {1: "Int8", 2: "Int16", 4: "Int32", 8: "Int64"}
+_MICRO: Final = timedelta(microseconds=1)
 
 _U16 = struct.Struct("!H").unpack_from
 _U32 = struct.Struct("!I").unpack_from
@@ -99,6 +101,18 @@ _UNSUPPORTED: Final = {
     ord("r"): "Rollback Prepared",
     ord("p"): "Stream Prepare",
 }
+
+
+# the wire timestamps a datetime can hold (years 1 to 9999): a commit time outside them is garbage
+_MIN_MICROS: Final = (datetime(1, 1, 1, tzinfo=UTC) - PG_EPOCH) // _MICRO
+_MAX_MICROS: Final = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - PG_EPOCH) // _MICRO
+
+
+def _timestamp(micros: int, what: str, pos: int) -> int:
+    """``micros`` (the timestamp field at ``pos``) if a datetime can hold it, else a DecodeError."""
+    if not _MIN_MICROS <= micros <= _MAX_MICROS:
+        raise DecodeError(f"{what} {micros} is outside the years 1 to 9999", offset=pos, hint=_HINT)
+    return micros
 
 
 def _truncated(size: int, what: str, pos: int) -> DecodeError:
@@ -189,13 +203,15 @@ _STREAM_ABORT_FIELDS: Final = (("xid", 4), ("subxid", 4))
 def _begin(buf: bytes, pos: int, end: int, xid: int | None) -> Begin:
     if end - pos != 20:
         _fixed_error("Begin", _BEGIN_FIELDS, pos, end)
-    return Begin(*_BEGIN(buf, pos))
+    final_lsn, commit_time, begin_xid = _BEGIN(buf, pos)
+    return Begin(final_lsn, _timestamp(commit_time, "Begin commit_time", pos + 8), begin_xid)
 
 
 def _commit(buf: bytes, pos: int, end: int, xid: int | None) -> Commit:
     if end - pos != 25:
         _fixed_error("Commit", _COMMIT_FIELDS, pos, end)
-    return Commit(*_COMMIT(buf, pos))
+    flags, commit_lsn, end_lsn, commit_time = _COMMIT(buf, pos)
+    return Commit(flags, commit_lsn, end_lsn, _timestamp(commit_time, "Commit commit_time", pos + 17))
 
 
 def _origin(buf: bytes, pos: int, end: int, xid: int | None) -> Origin:
@@ -380,7 +396,11 @@ def _stream_stop(buf: bytes, pos: int, end: int, xid: int | None) -> StreamStop:
 def _stream_commit(buf: bytes, pos: int, end: int, xid: int | None) -> StreamCommit:
     if end - pos != 29:
         _fixed_error("Stream Commit", _STREAM_COMMIT_FIELDS, pos, end)
-    return StreamCommit(*_STREAM_COMMIT(buf, pos))
+    stream_xid, flags, commit_lsn, end_lsn, commit_time = _STREAM_COMMIT(buf, pos)
+    at = pos + 21
+    return StreamCommit(
+        stream_xid, flags, commit_lsn, end_lsn, _timestamp(commit_time, "Stream Commit commit_time", at)
+    )
 
 
 def _stream_abort(buf: bytes, pos: int, end: int, xid: int | None) -> StreamAbort:
@@ -388,7 +408,10 @@ def _stream_abort(buf: bytes, pos: int, end: int, xid: int | None) -> StreamAbor
     if size == 8:
         return StreamAbort(*_STREAM_ABORT(buf, pos))
     if size == 24:
-        return StreamAbort(*_STREAM_ABORT_4(buf, pos))
+        abort_xid, subxid, abort_lsn, abort_time = _STREAM_ABORT_4(buf, pos)
+        return StreamAbort(
+            abort_xid, subxid, abort_lsn, _timestamp(abort_time, "Stream Abort abort_time", pos + 16)
+        )
     if size < 8:
         _fixed_error("Stream Abort", _STREAM_ABORT_FIELDS, pos, end)
     if size < 24:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cdc_replicator.errors import DecodeError, ReplicatorError
+from cdc_replicator.errors import DecodeError, ReplicatorError, SourceUnavailable
 from cdc_replicator.model import Begin, Commit, Keepalive, Lsn, SourceEvent, pg_time_to_datetime
 from cdc_replicator.service import failpoints
 from cdc_replicator.service.log import setup_logging
@@ -62,6 +62,14 @@ class _Stopped(Exception):
     pass
 
 
+class _PathDead(Exception):
+    """Nothing came from the walsender for the whole timeout; ``error`` is what the caller gets."""
+
+    def __init__(self, error: ReplicatorError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 class Reader:
     """Streams one slot from ``start`` into ``handover`` until ``stop`` is set; ``run`` is its whole life.
 
@@ -89,6 +97,8 @@ class Reader:
         stop: Any,
         flush: ctypes.c_uint64,
         process: bool,
+        receiver_timeout: float = 0.0,
+        heard: ctypes.c_double | None = None,
     ) -> None:
         self._dsn = dsn
         self._slot = slot
@@ -106,6 +116,10 @@ class Reader:
         self._flush_sent = Lsn.ZERO
         self._received = start
         self._spills: dict[int, _Spill] = {}
+        self._timeout = receiver_timeout
+        self._heard = heard if heard is not None else ctypes.c_double(0.0)
+        self._last_heard = 0.0
+        self._pinged = False
 
     def _flush_position(self) -> Lsn:
         """What the caller confirmed."""
@@ -125,8 +139,11 @@ class Reader:
         """Connect, stream until stopped, then send a last status and close; every error is handed over."""
         conn: ReplicationConnection | None = None
         try:
-            conn = ReplicationConnection(self._dsn, connect_timeout=self._connect_timeout)
+            conn = ReplicationConnection(
+                self._dsn, connect_timeout=self._connect_timeout, silence_timeout=self._timeout
+            )
             conn.start(self._slot, self._start, self._options())
+            self._hear(time.monotonic())
             logger.info(
                 "replication started slot=%s from=%s streaming=%s reader=%s",
                 self._slot,
@@ -138,6 +155,11 @@ class Reader:
             self._loop(conn)
         except _Stopped:
             pass
+        except _PathDead as dead:
+            if conn is not None:
+                conn.abandon()  # a last status or a copy end would only wait on the dead path
+                conn = None
+            self._deliver_error(dead.error)
         except BaseException as exc:
             if not isinstance(exc, ReplicatorError):
                 logger.debug("reader failed", exc_info=True)
@@ -178,7 +200,11 @@ class Reader:
                 if out:
                     self._put(conn, out)
                     out = []
+                elif self._timeout > 0:
+                    self._check_silence(conn)
                 continue
+            self._last_heard = self._heard.value = now
+            self._pinged = False
             if isinstance(frame, PrimaryKeepalive):
                 if frame.wal_end > self._received:
                     self._received = frame.wal_end
@@ -215,14 +241,47 @@ class Reader:
                 self._put(conn, out)
                 out = []
 
+    def _hear(self, now: float) -> None:
+        """Count ``now`` as heard from the walsender (start, or the end of a wait on our side)."""
+        self._last_heard = self._heard.value = now
+        self._pinged = False
+
+    def _check_silence(self, conn: ReplicationConnection) -> None:
+        """``source.wal_receiver_timeout_seconds``: ping at half of it, give the path up at all of it.
+
+        As PostgreSQL's walreceiver does (WALRCV_WAKEUP_PING): a status update that requests a reply
+        makes a live walsender answer with a keepalive at once, so silence past it is a dead path.
+        """
+        silent = time.monotonic() - self._last_heard
+        if silent >= self._timeout:
+            logger.warning(
+                "no message from the walsender for %.1fs (source.wal_receiver_timeout_seconds = %g): "
+                "closing the replication connection",
+                silent,
+                self._timeout,
+            )
+            raise _PathDead(
+                SourceUnavailable(
+                    f"no message from the walsender for {silent:.0f}s, although a reply was requested: the "
+                    f"network path looks dead (half-open: no reset, no answer); the replication connection "
+                    f"was closed (source.wal_receiver_timeout_seconds = {self._timeout:g})",
+                    hint="the daemon reconnects; on a link that is merely slow or a walsender that is busy "
+                    "for long, raise source.wal_receiver_timeout_seconds (0 disables the check)",
+                )
+            )
+        if silent >= self._timeout / 2 and not self._pinged:
+            self._pinged = True
+            logger.debug("no message from the walsender for %.1fs: requesting a reply", silent)
+            self._send_status(conn, reply=True)
+
     def _status_due(self, since: float) -> bool:
         changed = self._flush_position() != self._flush_sent
         return changed or since >= self._status_interval
 
-    def _send_status(self, conn: ReplicationConnection, *, force: bool = False) -> None:
+    def _send_status(self, conn: ReplicationConnection, *, force: bool = False, reply: bool = False) -> None:
         flush = self._flush_position()
         write = max(self._received, flush)
-        conn.send_status(write=write, flush=flush, apply=flush)
+        conn.send_status(write=write, flush=flush, apply=flush, reply=reply)
         self._flush_sent = flush
 
     def _put(self, conn: ReplicationConnection, events: list[SourceEvent]) -> None:
@@ -234,8 +293,11 @@ class Reader:
                 raise _Stopped
             try:
                 self._queue.put(item, timeout=0.5)
+                # waiting on the caller is no silence of the path: the clock starts again
+                self._hear(time.monotonic())
                 return
             except queue.Full:
+                self._heard.value = time.monotonic()  # alive, waiting on the caller (health stays true)
                 if time.monotonic() - last >= min(self._status_interval, 5.0):
                     self._send_status(conn)
                     last = time.monotonic()

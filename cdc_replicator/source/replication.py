@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import psycopg
 from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 from cdc_replicator.errors import (
     SLOT_STATE_SQLSTATES,
@@ -27,7 +27,7 @@ from cdc_replicator.errors import (
     replication_start_error,
 )
 from cdc_replicator.model import Lsn
-from cdc_replicator.source import pgerrors
+from cdc_replicator.source import netguard, pgerrors
 
 __all__ = [
     "SESSION_OPTIONS",
@@ -107,14 +107,23 @@ def _quote_literal(value: str) -> str:
 class ReplicationConnection:
     """A ``replication=database`` connection. Not thread-safe: one owner thread."""
 
-    def __init__(self, dsn: str, *, connect_timeout: float = 10.0, application_name: str = "cdc-replicator"):
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        connect_timeout: float = 10.0,
+        application_name: str = "cdc-replicator",
+        silence_timeout: float = 0.0,
+    ):
         params = conninfo_to_dict(dsn)
         extra = str(params.get("options") or "")
-        conninfo = make_conninfo(
+        # keepalives, tcp_user_timeout and connect_timeout unless the DSN sets them (netguard)
+        conninfo = netguard.network_conninfo(
             dsn,
+            connect_timeout=connect_timeout,
+            silence_timeout=silence_timeout,
             replication="database",
             application_name=application_name,
-            connect_timeout=str(max(1, int(connect_timeout))),
             options=f"{extra} {SESSION_OPTIONS}".strip(),
         )
         self._pgconn = pq.PGconn.connect(conninfo.encode())
@@ -356,6 +365,11 @@ class ReplicationConnection:
                 raise pgerrors.from_result(None, self._pgconn.error_message, context="send status")
         except psycopg.OperationalError as exc:
             raise pgerrors.from_exception(exc, context="send status") from exc
+
+    def abandon(self) -> None:
+        """Close without ending the stream: on a dead path a copy end would only wait."""
+        self._streaming = False
+        self._pgconn.finish()
 
     def close(self) -> None:
         """End the stream (best effort) and close the connection."""

@@ -14,11 +14,10 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from cdc_replicator.errors import SourceError, SourceUnavailable
 from cdc_replicator.model import KeyRange, TableSchema
-from cdc_replicator.source import pgerrors
+from cdc_replicator.source import netguard, pgerrors
 from cdc_replicator.source.replication import SESSION_OPTIONS
 from cdc_replicator.types import TEXT_TYPE_OIDS
 
@@ -44,9 +43,12 @@ CHUNKABLE_KEY_TYPES = frozenset({21, 23, 20, 1700, 25, 1043, 1042, 19, 2950, 108
 class _CopyStream(io.RawIOBase):
     """A read-only file over ``COPY ... TO STDOUT`` chunks, for Arrow's streaming CSV reader."""
 
-    def __init__(self, copy: psycopg.Copy) -> None:
+    def __init__(self, copy: psycopg.Copy, conn: psycopg.Connection[tuple[object, ...]], what: str) -> None:
         self._copy = copy
         self._buf = memoryview(b"")
+        self._fd = conn.pgconn.socket
+        self._timeout = float(getattr(conn, "silence_timeout", 0.0))
+        self._what = what
 
     def readable(self) -> bool:
         return True
@@ -54,10 +56,26 @@ class _CopyStream(io.RawIOBase):
     def at_end(self) -> bool:
         """Read ahead one chunk: True when the COPY produced no data at all (an empty table)."""
         if not self._buf:
-            self._buf = memoryview(self._copy.read())
+            with netguard.GUARD.watching(self._fd, self._timeout, self._what) as w:
+                try:
+                    self._buf = memoryview(self._copy.read())
+                except psycopg.Error as exc:
+                    if w.fired:
+                        raise netguard.silence_error(self._timeout, self._what) from exc
+                    raise
         return not self._buf
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        """``_fill`` under the silence guard: a COPY that hears nothing for the timeout is ended."""
+        with netguard.GUARD.watching(self._fd, self._timeout, self._what) as w:
+            try:
+                return self._fill(b)
+            except psycopg.Error as exc:
+                if w.fired:
+                    raise netguard.silence_error(self._timeout, self._what) from exc
+                raise
+
+    def _fill(self, b: bytearray | memoryview) -> int:
         """Fill ``b`` with as many rows as fit: the server sends one CopyData message per row."""
         size = len(b)
         filled = 0
@@ -103,7 +121,7 @@ def copy_table(
             if snapshot is not None:
                 conn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
             with conn.cursor().copy(query) as copy:
-                stream = _CopyStream(copy)
+                stream = _CopyStream(copy, conn, f"copying {schema.table}")
                 if stream.at_end():
                     return
                 reader = pacsv.open_csv(
@@ -304,6 +322,8 @@ def copy_table_arrow(
     *,
     snapshot: str | None,
     where: sql.Composable | None = None,
+    connect_timeout: float = 10.0,
+    silence_timeout: float = 0.0,
 ) -> Iterator[pa.RecordBatch]:
     """Like ``copy_table`` but through ADBC: about 1.7× the rows/s of psycopg's COPY reader here.
 
@@ -326,26 +346,54 @@ def copy_table_arrow(
         sql.Identifier(schema.table.schema, schema.table.name),
         where if where is not None else sql.SQL("true"),
     )
-    conninfo = make_conninfo(dsn, options=SESSION_OPTIONS, application_name="cdc-replicator snapshot")
-    try:
-        conn = adbc.connect(conninfo)
-    except adbc_driver_manager.Error as exc:
-        raise pgerrors.connect_error(
-            conninfo, exc, context=f"copy of {schema.table}: cannot connect"
-        ) from exc
+    conninfo = netguard.network_conninfo(
+        dsn,
+        connect_timeout=connect_timeout,
+        silence_timeout=silence_timeout,
+        options=SESSION_OPTIONS,
+        application_name="cdc-replicator snapshot",
+    )
+    what = f"copying {schema.table}"
+    port = netguard.dsn_port(dsn)
+    with netguard.CONNECT_LOCK:  # the driver does not tell its socket: find the one it opened
+        before = netguard.socket_inodes() if silence_timeout > 0 else {}
+        # its connect runs catalog queries, which a half-open path would stall past connect_timeout
+        with netguard.GUARD.watching_new(
+            before, port, silence_timeout, f"connecting to copy {schema.table}"
+        ) as w:
+            try:
+                conn = adbc.connect(conninfo)
+            except adbc_driver_manager.Error as exc:
+                if w.fired:
+                    raise netguard.silence_error(
+                        silence_timeout, f"connecting to copy {schema.table}"
+                    ) from exc
+                raise pgerrors.connect_error(
+                    conninfo, exc, context=f"copy of {schema.table}: cannot connect"
+                ) from exc
+        fd = netguard.new_socket(before, port) if silence_timeout > 0 else -1
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("set transaction isolation level repeatable read, read only")
-            if snapshot is not None:
-                cur.execute(f"set transaction snapshot '{snapshot}'")
-            cur.execute(query.as_string(None))
-            reader = cur.fetch_record_batch()
+            with netguard.GUARD.watching(fd, silence_timeout, what) as w:
+                try:
+                    cur.execute("set transaction isolation level repeatable read, read only")
+                    if snapshot is not None:
+                        cur.execute(f"set transaction snapshot '{snapshot}'")
+                    cur.execute(query.as_string(None))
+                    reader = cur.fetch_record_batch()
+                except adbc_driver_manager.Error as exc:
+                    if w.fired:
+                        raise netguard.silence_error(silence_timeout, what) from exc
+                    raise
             while True:
                 try:
-                    batch = reader.read_next_batch()
+                    with netguard.GUARD.watching(fd, silence_timeout, what) as w:
+                        batch = reader.read_next_batch()
                 except StopIteration:
                     break
                 except (OSError, pa.ArrowException) as exc:
+                    if w.fired:
+                        raise netguard.silence_error(silence_timeout, what) from exc
                     # the driver's reader reports a broken stream as an Arrow error, without the
                     # server's code: what ends a COPY midway (a lost connection, a terminated
                     # backend, a recovery conflict on a replica) heals by reading the chunk again

@@ -39,8 +39,8 @@ from cdc_replicator.model import (
     WatermarkTable,
     XidSnapshot,
 )
-from cdc_replicator.source import pgerrors
-from cdc_replicator.source.checks import read_schema
+from cdc_replicator.source import netguard, pgerrors
+from cdc_replicator.source.checks import GuardedConnection, GuardedCursor, read_schema
 from cdc_replicator.source.replication import SESSION_OPTIONS
 from cdc_replicator.source.snapshot import TEXT_CAST_IS_OUTPUT
 from cdc_replicator.types import TEXT_TYPE_OIDS
@@ -72,23 +72,42 @@ class _PgType(UserDefinedType[Any]):
 class WatermarkSource:
     """Polls tables with high-watermark page queries on one SQLAlchemy engine (psycopg driver)."""
 
-    def __init__(self, dsn: str, *, connect_timeout: float = 10.0, statement_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        connect_timeout: float = 10.0,
+        statement_timeout: float = 60.0,
+        silence_timeout: float = 0.0,
+    ) -> None:
         self._dsn = dsn
         self._connect_timeout = connect_timeout
         self._timeout = statement_timeout
+        # a page query may rightly send nothing until the server's statement timeout ends it
+        self._silence = 0.0 if silence_timeout <= 0 else max(silence_timeout, statement_timeout + 10.0)
         self._engine: Engine = sa.create_engine(
             "postgresql+psycopg://",
-            creator=lambda: psycopg.connect(
-                dsn,
-                connect_timeout=max(1, int(connect_timeout)),
-                options=SESSION_OPTIONS,  # ISO dates, UTC: the text forms read back the same
-                application_name="cdc-replicator watermark",
-            ),
+            creator=lambda: self._new_connection(),
             pool_pre_ping=True,
             pool_size=1,
             max_overflow=1,
         )
         self._types: dict[TableId, dict[str, str]] = {}
+
+    def _new_connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        """Keepalives and ``connect_timeout`` unless the DSN sets them; a query's silence is bounded
+        (past the server's own statement timeout) so a half-open path cannot stall a poll forever."""
+        conninfo = netguard.network_conninfo(
+            self._dsn,
+            connect_timeout=self._connect_timeout,
+            silence_timeout=self._silence,
+            options=SESSION_OPTIONS,  # ISO dates, UTC: the text forms read back the same
+            application_name="cdc-replicator watermark",
+        )
+        with netguard.CONNECT_LOCK:
+            conn = GuardedConnection.connect(conninfo, cursor_factory=GuardedCursor)
+        conn.silence_timeout = self._silence
+        return conn
 
     def close(self) -> None:
         self._engine.dispose()
@@ -129,11 +148,14 @@ class WatermarkSource:
                 hint=f"add one: alter table {table} add primary key (<columns>); (on the primary)",
             )
         names = set(schema.column_names)
-        for col in (*cursor, *([delete_column] if delete_column else [])):
+        named = [("cursor", c) for c in cursor] + (
+            [("delete_column", delete_column)] if delete_column else []
+        )
+        for key, col in named:
             if col not in names:
                 raise SourceError(
-                    f"{table} has no column {col!r} (named as cursor or delete_column)",
-                    hint=f"columns of {table}: {', '.join(schema.column_names)}",
+                    f"{table} has no column {col!r} (named as {key} in its [[tables]] entry)",
+                    hint=f"set {key} to one of the columns of {table}: {', '.join(schema.column_names)}",
                 )
         nullable = [c for c in cursor if any(str(r[0]) == c and not r[2] for r in rows)]
         if nullable:

@@ -1,19 +1,38 @@
-"""SQLAlchemy state store: the confirmed position per slot, load progress, table status; runs migrations/state."""
+"""SQLAlchemy state store: the confirmed position per slot, load progress, table status; runs migrations/state.
+
+Every failure of the store is a ``StateStoreError`` naming the file (or the URL, password masked)
+and the fix, never a driver's traceback. SQLite's are told apart by its result code (the driver's
+``sqlite_errorcode``), never by their text: a full disk or a lock is retried by the daemon; a
+file that is damaged, not a database, or cannot be opened or written (a read-only mount, a path
+under a regular file, no permission) stops it. A SQLite file is checked (``pragma quick_check``)
+when the store opens, so a damaged file stops the start instead of being half read.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from cdc_replicator.errors import ConfigError, ReplicatorError
-from cdc_replicator.model import KeyRange, Lsn, Position, TableId, TablePosition, WatermarkPosition
+from cdc_replicator.errors import ConfigError, ReplicatorError, StateStoreError
+from cdc_replicator.model import (
+    KeyRange,
+    Lsn,
+    Position,
+    TableId,
+    TablePosition,
+    VerifyResult,
+    WatermarkPosition,
+)
 from cdc_replicator.store.migrations import apply_migrations, migrations_dir
 
 __all__ = [
@@ -108,26 +127,110 @@ class StateStore:
             parsed = make_url(url)
         except SQLAlchemyError as exc:
             raise ConfigError(f"config: state.url is not a SQLAlchemy URL: {url!r}") from exc
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         sqlite = parsed.get_backend_name() == "sqlite"
-        # loader threads write chunk progress concurrently: let sqlite wait for its lock
-        self._engine: Engine = create_engine(url, connect_args={"timeout": 30} if sqlite else {})
-        if parsed.get_backend_name() == "sqlite":
+        file = parsed.database if sqlite and parsed.database not in (None, "", ":memory:") else None
+        self._where = f"the state store {file}" if file else f"the state store {parsed!r}"  # password masked
+        self._file = file
+        if file is not None:
+            try:
+                Path(file).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateStoreError(
+                    f"{self._where} cannot be created: its folder {Path(file).parent} cannot be made "
+                    f"({exc.strerror or exc})",
+                    hint="point state.url at a file in a folder the daemon's user can write, or create "
+                    "that folder (a path under a regular file cannot be one)",
+                ) from exc
+        try:
+            # loader threads write chunk progress concurrently: let sqlite wait for its lock
+            self._engine: Engine = create_engine(url, connect_args={"timeout": 30} if sqlite else {})
+        except (SQLAlchemyError, ImportError) as exc:  # an unknown dialect or a missing driver
+            raise ConfigError(
+                f"config: state.url {parsed!r}: SQLAlchemy cannot open {parsed.drivername!r} URLs ({exc})",
+                hint="use sqlite:///path/to/cdc.db, or postgresql+psycopg://user@host/db",
+            ) from exc
+        if sqlite:
             event.listen(self._engine, "connect", _sqlite_pragmas)
-        self.migrate()
+        try:
+            if file is not None:
+                self._check()
+            self.migrate()
+        except BaseException:
+            self._engine.dispose()
+            raise
 
     def close(self) -> None:
         self._engine.dispose()
 
     def migrate(self) -> list[str]:
         """Apply the numbered migrations not applied yet; return their names."""
-        return apply_migrations(self._engine, migrations_dir("state"))
+        try:
+            return apply_migrations(self._engine, migrations_dir("state"))
+        except DBAPIError as exc:
+            raise self._failed("cannot be opened or migrated", exc) from exc
+
+    def _check(self) -> None:
+        """SQLite's quick integrity check: a damaged file stops here, before anything reads it."""
+        with self._read("cannot be opened") as conn:
+            rows = conn.execute(text("pragma quick_check")).fetchall()
+        problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
+        if problems:
+            raise StateStoreError(
+                f"{self._where} is damaged (pragma quick_check: {problems[0]})", hint=_DAMAGED_FIX
+            )
+
+    @contextmanager
+    def _read(self, what: str = "cannot be read") -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise self._failed(what, exc) from exc
+
+    @contextmanager
+    def _write(self, what: str = "cannot be written") -> Iterator[Connection]:
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise self._failed(what, exc) from exc
+
+    def _failed(self, what: str, exc: DBAPIError) -> StateStoreError:
+        """The error for a failed statement: SQLite's by result code, any other database's as retryable
+        when the connection was lost."""
+        orig = exc.orig
+        code = getattr(orig, "sqlite_errorcode", None) if isinstance(orig, sqlite3.Error) else None
+        detail = (
+            str(orig).strip().splitlines()[0]
+            if orig is not None and str(orig).strip()
+            else type(exc).__name__
+        )
+        if code is None:
+            return StateStoreError(
+                f"{self._where} {what}: {detail}",
+                hint="check that the state store's database is up and the role may write it; the daemon "
+                "retries a lost connection",
+                retryable=bool(exc.connection_invalidated),
+            )
+        name = getattr(orig, "sqlite_errorname", "") or f"SQLite code {code}"
+        rule = _SQLITE_RULES.get(code & 0xFF)
+        if rule is None:
+            return StateStoreError(
+                f"{self._where} {what}: {detail} ({name})",
+                hint="check the file and the disk it is on, then start again",
+            )
+        retryable, fix = rule
+        folder = str(Path(self._file).parent) if self._file else "its folder"
+        return StateStoreError(
+            f"{self._where} {what}: {detail} ({name})",
+            hint=fix.format(file=self._file or "", folder=folder),
+            retryable=retryable,
+        )
 
     # ---- slot record -----------------------------------------------------------------------
 
     def slot(self, slot: str) -> SlotRecord | None:
-        with self._engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 text(
                     "select slot, system_id, load_state, consistent_point, applied_lsn "
@@ -147,7 +250,7 @@ class StateStore:
 
     def begin_load(self, slot: str, system_id: str) -> None:
         """Record that an initial load (and the slot it creates) is ours and not finished."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(text("delete from cdc_source_position where slot = :s"), {"s": slot})
             conn.execute(text("delete from cdc_table_status where slot = :s"), {"s": slot})
             conn.execute(text("delete from cdc_load_chunk where slot = :s"), {"s": slot})
@@ -164,7 +267,7 @@ class StateStore:
         self._update(slot, "consistent_point = :v", str(lsn))
 
     def finish_load(self, slot: str, lsn: Lsn) -> None:
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 text(
                     "update cdc_source_position set load_state = 'done', applied_lsn = :v, updated_at = :t "
@@ -178,20 +281,20 @@ class StateStore:
         self._update(slot, "applied_lsn = :v", str(lsn))
 
     def forget(self, slot: str) -> None:
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(text("delete from cdc_source_position where slot = :s"), {"s": slot})
             conn.execute(text("delete from cdc_table_status where slot = :s"), {"s": slot})
 
     def _update(self, slot: str, assignment: str, value: str) -> None:
         # assignment is one of the constant strings above, never user input
         stmt = text(f"update cdc_source_position set {assignment}, updated_at = :t where slot = :s")  # noqa: S608
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(stmt, {"s": slot, "v": value, "t": _now()})
 
     # ---- chunked loads -----------------------------------------------------------------------
 
     def load(self, slot: str, table: TableId) -> LoadRecord | None:
-        with self._engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 text(
                     "select load_id, position, state, chunks from cdc_load where slot = :s and table_name = :t"
@@ -215,7 +318,7 @@ class StateStore:
     ) -> None:
         """Record a new load of ``table`` and its chunks (replacing any earlier one)."""
         now = _now()
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             params = {"s": slot, "t": str(table)}
             conn.execute(text("delete from cdc_load_chunk where slot = :s and table_name = :t"), params)
             conn.execute(text("delete from cdc_load where slot = :s and table_name = :t"), params)
@@ -238,7 +341,7 @@ class StateStore:
             )
 
     def pending_chunks(self, slot: str, table: TableId) -> list[tuple[int, KeyRange]]:
-        with self._engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 text(
                     "select chunk_no, bounds from cdc_load_chunk where slot = :s and table_name = :t "
@@ -249,7 +352,7 @@ class StateStore:
         return [(int(r[0]), _bounds(r[1])) for r in rows]
 
     def reset_chunks(self, slot: str, table: TableId) -> None:
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 text(
                     "update cdc_load_chunk set state = 'pending', rows = null where slot = :s and table_name = :t"
@@ -258,7 +361,7 @@ class StateStore:
             )
 
     def chunk_done(self, slot: str, table: TableId, chunk_no: int, rows: int, snapshot_lsn: Lsn) -> None:
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 text(
                     "update cdc_load_chunk set state = 'done', rows = :r, snapshot_lsn = :l, updated_at = :now "
@@ -268,7 +371,7 @@ class StateStore:
             )
 
     def finish_table_load(self, slot: str, table: TableId, state: str = "done") -> None:
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 text(
                     "update cdc_load set state = :st, updated_at = :now where slot = :s and table_name = :t"
@@ -279,7 +382,7 @@ class StateStore:
     # ---- live re-syncs -----------------------------------------------------------------------
 
     def resyncs(self, slot: str) -> list[ResyncRecord]:
-        with self._engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 text(
                     "select table_name, request, low_watermark, next_key, chunks, rows, state, detail "
@@ -302,7 +405,7 @@ class StateStore:
         ]
 
     def save_resync(self, slot: str, rec: ResyncRecord) -> None:
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             params = {"s": slot, "t": str(rec.table)}
             conn.execute(text("delete from cdc_resync where slot = :s and table_name = :t"), params)
             conn.execute(
@@ -323,6 +426,45 @@ class StateStore:
                 },
             )
 
+    # ---- verify ------------------------------------------------------------------------------
+
+    def record_verify(self, slot: str, result: VerifyResult) -> None:
+        """Replace the table's last verify result."""
+        with self._write() as conn:
+            params = {"s": slot, "t": result.table}
+            conn.execute(text("delete from cdc_verify where slot = :s and table_name = :t"), params)
+            conn.execute(
+                text(
+                    "insert into cdc_verify (slot, table_name, finished_at, rows, ranges, differences, seconds) "
+                    "values (:s, :t, :at, :n, :r, :d, :sec)"
+                ),
+                {
+                    **params,
+                    "at": result.finished_at.astimezone(UTC).isoformat(),
+                    "n": result.rows,
+                    "r": result.ranges,
+                    "d": result.differences,
+                    "sec": result.seconds,
+                },
+            )
+
+    def verifies(self, slot: str) -> list[VerifyResult]:
+        """The last verify result of each table of ``slot``."""
+        with self._read() as conn:
+            rows = conn.execute(
+                text(
+                    "select table_name, finished_at, rows, ranges, differences, seconds from cdc_verify "
+                    "where slot = :s order by table_name"
+                ),
+                {"s": slot},
+            ).fetchall()
+        return [
+            VerifyResult(
+                str(r[0]), datetime.fromisoformat(str(r[1])), int(r[2]), int(r[3]), int(r[4]), float(r[5])
+            )
+            for r in rows
+        ]
+
     # ---- table status ----------------------------------------------------------------------
 
     def table_status(
@@ -337,7 +479,7 @@ class StateStore:
     ) -> None:
         """Record a table's state; ``position`` None keeps the position recorded before."""
         kind, text_ = _encode_position(position)
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             if position is None:
                 kept = conn.execute(
                     text(
@@ -383,7 +525,7 @@ class StateStore:
         changes: str | None = None,
     ) -> None:
         """Append one entry to the table's schema history (JSON layouts from ``schema.schema_to_json``)."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             row = conn.execute(
                 text("select max(version) from cdc_schema_history where slot = :s and table_name = :n"),
                 {"s": slot, "n": str(table)},
@@ -409,7 +551,7 @@ class StateStore:
 
     def applied_schema(self, slot: str, table: TableId) -> str | None:
         """The JSON layout the table's Delta table holds: the newest load/evolve/accept entry."""
-        with self._engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 text(
                     "select new_schema from cdc_schema_history where slot = :s and table_name = :n "
@@ -420,7 +562,7 @@ class StateStore:
         return None if row is None else str(row[0])
 
     def schema_history(self, slot: str, table: TableId) -> list[SchemaHistoryEntry]:
-        with self._engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 text(
                     "select version, lsn, decision, changes, recorded_at from cdc_schema_history "
@@ -435,7 +577,7 @@ class StateStore:
 
     def table_statuses(self, slot: str) -> dict[str, TableStatusRecord]:
         """The last recorded state of each table of ``slot``, by table name."""
-        with self._engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 text(
                     "select table_name, state, position_kind, position, rows_loaded, last_error, updated_at "
@@ -476,6 +618,45 @@ def _decode_position(kind: str | None, value: str | None) -> Position | None:
         f"the state store holds a table position of an unknown kind {kind!r}",
         hint="it was written by a newer cdc-replicator: upgrade, or remove the state store's cdc_table_status rows",
     )
+
+
+_DAMAGED_FIX = (
+    "the file is damaged or is not a cdc-replicator state store: restore it from a backup, or move it away "
+    "(keep it for a bug report) and start again; if that start reports a position mismatch, re-sync: "
+    "cdc-replicator --config FILE snapshot"
+)
+# SQLite's primary result codes (https://sqlite.org/rescode.html): (retryable, fix)
+_SQLITE_RULES: dict[int, tuple[bool, str]] = {
+    sqlite3.SQLITE_FULL: (
+        True,
+        "free space on the disk that holds {file}; the daemon retries and confirms nothing it has not recorded",
+    ),
+    sqlite3.SQLITE_BUSY: (True, "another process holds {file} locked (a second daemon?); the daemon retries"),
+    sqlite3.SQLITE_LOCKED: (
+        True,
+        "another process holds {file} locked (a second daemon?); the daemon retries",
+    ),
+    sqlite3.SQLITE_CORRUPT: (False, _DAMAGED_FIX),
+    sqlite3.SQLITE_NOTADB: (False, _DAMAGED_FIX),
+    sqlite3.SQLITE_CANTOPEN: (
+        False,
+        "let the daemon's user create and write {file} and {folder} (is it a read-only mount, a path under a "
+        "regular file, or a folder without write permission?), or point state.url elsewhere; then start again",
+    ),
+    sqlite3.SQLITE_READONLY: (
+        False,
+        "{file} is read-only for the daemon: make it and {folder} writable (mode, owner, a read-only mount?), "
+        "or point state.url elsewhere; then start again",
+    ),
+    sqlite3.SQLITE_PERM: (
+        False,
+        "the daemon may not write {file}: fix its mode, owner or mount options, or point state.url elsewhere",
+    ),
+    sqlite3.SQLITE_IOERR: (
+        False,
+        "the disk that holds {file} reported an I/O error: check it (dmesg), then start again",
+    ),
+}
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:

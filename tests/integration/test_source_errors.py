@@ -26,7 +26,7 @@ from cdc_replicator.demo.localpg import LocalPostgres, PgBinaries, find_binaries
 from cdc_replicator.errors import PositionMismatch, SlotInUse, SlotInvalidated
 from cdc_replicator.model import Lsn
 from cdc_replicator.source.replication import ReplicationConnection
-from tests.support.cli import refusal
+from tests.support.cli import HINT, refusal
 from tests.support.daemon import run_cli, write_config
 from tests.support.pg import PgDatabase, create_test_database, drop_test_database
 from tests.support.wait import wait_until
@@ -121,7 +121,7 @@ def _stops(result: subprocess.CompletedProcess[str]) -> tuple[str, str]:
     """Exit 3 at the first attempt with one error: (the error line(s), the hint), lower-cased."""
     message = refusal(result, SOURCE_ERROR)
     assert "retrying in" not in result.stderr, f"a refusal was retried\n{result.stderr}"
-    error, _, hint = message.partition("\n  hint: ")
+    error, _, hint = message.partition(HINT)
     assert hint, f"no fix was printed\n{result.stderr}"
     return error, hint
 

@@ -85,6 +85,7 @@ def test_the_keys_are_read_from_the_declarations() -> None:
         "server",
         "log",
         "watermark",
+        "verify",
     }
     assert "source.dsn" in paths and "tables.cursor" in paths and "target.storage_options" in paths
     assert len(paths) == len(set(paths))

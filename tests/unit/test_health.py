@@ -130,3 +130,41 @@ def test_a_batch_applied_in_the_background_leaves_later_transactions_pending() -
     assert 19.0 <= h.lag_seconds() <= 25.0
     h.applied(complete=True, upto=Lsn(400))
     assert h.lag_seconds() == 0.0
+
+
+def test_a_silent_source_turns_readiness_red_with_the_reason_and_connected_false() -> None:
+    clock = FakeClock()
+    h = streaming_health(clock)
+    heard = [clock.now]
+    h.watch_source(lambda: heard[0], 4.0)
+    clock.now += 2.9  # within three quarters of the timeout: an idle stream waiting for a keepalive
+    assert h.readiness().ready
+    clock.now += 0.2
+    body = h.readiness().body
+    assert not body["ready"] and body["connected"] is False
+    assert any(
+        "no message from the source" in r and "wal_receiver_timeout_seconds" in r for r in body["reasons"]
+    )
+    heard[0] = clock.now  # a keepalive came
+    assert h.readiness().ready
+
+
+def test_an_idle_loop_is_alive_only_while_the_source_is_heard_from() -> None:
+    clock = FakeClock()
+    h = streaming_health(clock)
+    heard = [clock.now]
+    h.watch_source(lambda: heard[0], 4.0)
+    clock.now += 3.9
+    assert h.source_heard()
+    clock.now += 0.2
+    assert not h.source_heard()  # the loop's idle turns no longer beat: /healthz goes red in time
+    h.watch_source(None)
+    assert h.source_heard()
+
+
+def test_a_disabled_timeout_never_holds_silence_against_the_source() -> None:
+    clock = FakeClock()
+    h = streaming_health(clock)
+    h.watch_source(lambda: 0.0, 0.0)
+    clock.now += 10_000
+    assert h.source_heard() and h.readiness().ready
