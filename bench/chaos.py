@@ -11,8 +11,8 @@ while the daemon, whose DSN goes through a loopback TCP proxy, suffers a shuffle
 ``--rounds`` kill -9 rounds (a fifth of them kill only its replication reader child), ``--cuts``
 connection resets (all, the walsender only, the side connections only), ``--restarts`` server
 restarts (fast, immediate, crash: SIGKILL of every server process) and, opt-in, ``--partitions``
-silent partitions (they need ``source.wal_receiver_timeout_seconds``, which older builds do not
-have). After every ``--check-every`` rounds and at the end the workload pauses and every table is
+silent partitions (they need ``source.wal_receiver_timeout_seconds``, written only then, so older builds do
+not mind). After every ``--check-every`` rounds and at the end the workload pauses and every table is
 compared with its source by key (all columns but ``_cdc_*``).
 
 Prints the faults by kind, rows compared, lost / extra / duplicated / differing rows, the slowest
