@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 from cdc_replicator.errors import ReplicatorError, SourceUnavailable
 from cdc_replicator.model import ColumnSelection, Lsn, SourceEvent, TableId
@@ -37,12 +37,19 @@ from cdc_replicator.source.reader import Reader, reader_process
 __all__ = ["LogicalSource"]
 
 
+_EARLY_DEATHS_RETRIED = 3
+
+
 class _ReaderGone(Exception):
     """The reader process ended; ``args[0]`` is its exit code."""
 
 
 class LogicalSource:
     """Streams a pgoutput slot. ``events``/``confirm``/``close`` are for one caller thread."""
+
+    # Readers of this daemon killed by a signal before streaming, in a row: a few are a transient
+    # loss (kill -9, the OOM killer) and retried; more mean reader processes cannot work here (stop).
+    _early_deaths: ClassVar[int] = 0
 
     def __init__(
         self,
@@ -111,6 +118,10 @@ class LogicalSource:
                 daemon=True,
             )
             self._child.start()
+            # The child holds the write end of the queue's pipe now; the daemon only reads. Closing its
+            # own copy means a reader killed halfway through writing a chunk leaves an end of file
+            # for the daemon to read, instead of half a message it would wait on for ever.
+            self._queue._writer.close()
         else:
             self._thread = threading.Thread(
                 target=self._reader.run, name="cdc-replication-reader", daemon=True
@@ -121,8 +132,15 @@ class LogicalSource:
             try:
                 item = self._next(0.5)
             except _ReaderGone as gone:
+                code = gone.args[0]
+                LogicalSource._early_deaths += 1
+                if code is not None and code < 0 and LogicalSource._early_deaths <= _EARLY_DEATHS_RETRIED:
+                    raise SourceUnavailable(
+                        f"the replication reader process was killed by signal {-code} before streaming",
+                        hint="the daemon starts a new one; if it repeats, look for the OOM killer in the kernel log",
+                    ) from None
                 raise ReplicatorError(
-                    f"the replication reader process ended before streaming (exit code {gone.args[0]})",
+                    f"the replication reader process ended before streaming (exit code {code})",
                     hint='see the log above; to read in the daemon itself set [source] reader = "thread"',
                 ) from None
             if item is not None:
@@ -131,6 +149,7 @@ class LogicalSource:
                 raise SourceUnavailable("the replication stream did not start in time", retryable=True)
         if isinstance(item, BaseException):
             raise item
+        LogicalSource._early_deaths = 0
 
     def events(self, idle_timeout: float) -> Iterator[SourceEvent | None]:
         while True:
@@ -153,13 +172,20 @@ class LogicalSource:
         """The next item from the reader, None when none came within ``timeout``.
 
         Raises ``_ReaderGone`` when the reader process has ended and left nothing more: its last
-        item (often an error) is in the pipe before it exits, so look once more first.
+        item (often an error) is in the pipe before it exits, so look once more first. A reader
+        killed while it wrote leaves an end of file, or half a chunk: that is gone too, never a
+        chunk to decode.
         """
         try:
             item: object = self._queue.get(timeout=timeout)
             return item
         except queue.Empty:
             pass
+        except (EOFError, OSError):  # every writer is gone (see open): mid-chunk, or between chunks
+            if self._child is None:
+                raise
+            self._child.join(timeout=5)
+            raise _ReaderGone(self._child.exitcode) from None
         if self._child is not None and not self._child.is_alive():
             try:
                 last: object = self._queue.get(timeout=0.2)
@@ -190,6 +216,8 @@ class LogicalSource:
                     self._queue.get(timeout=0.1)
                 except queue.Empty:
                     pass
+                except (EOFError, OSError):  # it is gone (or going): nothing more will come
+                    break
             if self._child.is_alive():
                 self._child.kill()
             self._child.join(timeout=5)

@@ -211,11 +211,12 @@ class Workload:
 
     def run(self, transactions: int, *, concurrency: int = 3) -> None:
         """Run ``transactions`` transactions spread over interleaved connections."""
-        conns = [self.db.connect() for _ in range(concurrency)]
-        for c in conns:
-            c.execute("set lock_timeout = '50ms'")
-            c.commit()
-        try:
+        conns: list[psycopg.Connection[Any]] = []
+        try:  # a server going down mid-way leaves no connection open (the chaos soak restarts it)
+            for _ in range(concurrency):
+                conns.append(self.db.connect())
+                conns[-1].execute("set lock_timeout = '50ms'")
+                conns[-1].commit()
             done = 0
             while done < transactions:
                 c = self.rng.choice(conns)
