@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Backoff"]
+__all__ = ["SLOT_IN_USE_POLL_SECONDS", "Backoff"]
+
+# After a silent partition the server's old walsender keeps the slot until its own wal_sender_timeout
+# (60 s by default) ends it; the slot is asked for again this often, so the stream resumes within a few
+# seconds of that moment instead of after a back-off that grew to its cap meanwhile (73 s measured).
+SLOT_IN_USE_POLL_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -30,10 +35,12 @@ class Backoff:
         """The current attempt streams from ``now`` on."""
         self._streaming_since = now
 
-    def failed(self, now: float, *, heard: float | None = None) -> float:
+    def failed(self, now: float, *, heard: float | None = None, cap: float | None = None) -> float:
         """The attempt failed at ``now`` (it last heard from the source at ``heard``): the wait before the next.
 
         ``heard`` defaults to ``now`` (a failure that is seen at once, like a reset connection).
+        ``cap`` lowers the cap for this failure: a wait for something that ends on its own at an
+        unknown moment (a slot a stale walsender still holds) is polled, not backed off to ``cap``.
         """
         since = self._streaming_since
         last = now if heard is None else heard
@@ -43,7 +50,8 @@ class Backoff:
         if self.failures == 0:
             self._failing_since = now
         self.failures += 1
-        return min(self.cap, self.first * 2.0 ** min(self.failures - 1, 62))
+        limit = self.cap if cap is None else min(self.cap, cap)
+        return min(limit, self.first * 2.0 ** min(self.failures - 1, 62))
 
     def failing_for(self, now: float) -> float:
         """Seconds since the first failure of the current run (0 when none)."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from cdc_replicator.config import Config, redact_dsn
 from cdc_replicator.engine.apply import Applier
-from cdc_replicator.engine.backoff import Backoff
+from cdc_replicator.engine.backoff import SLOT_IN_USE_POLL_SECONDS, Backoff
 from cdc_replicator.engine.batching import Batcher, BatchLimits
 from cdc_replicator.engine.checkpoint import Checkpointer, Recorded, SlotState, StartKind, plan_start
 from cdc_replicator.engine.loader import LoadResult, ProgressSink
@@ -30,6 +30,7 @@ from cdc_replicator.errors import (
     ConfigError,
     ReplicatorError,
     SinkError,
+    SlotInUse,
     SourceError,
     StateStoreError,
     StorageFull,
@@ -131,7 +132,8 @@ class Replicator:
                     now = time.monotonic()
                     heard = self._last_heard() if self._last_heard is not None else None
                     self._last_heard = None
-                    wait = backoff.failed(now, heard=heard)
+                    poll = SLOT_IN_USE_POLL_SECONDS if isinstance(exc, SlotInUse) else None
+                    wait = backoff.failed(now, heard=heard, cap=poll)
                     if give_up > 0 and backoff.failing_for(now) >= give_up:
                         raise
                     self._before_retry(exc, wait, backoff.failures)

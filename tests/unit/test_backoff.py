@@ -49,3 +49,10 @@ def test_failing_for_counts_from_the_first_failure_in_a_row_and_restarts_with_th
     b.streaming(21.0)
     b.failed(40.0)  # after a healthy stream: a new run of failures
     assert b.failing_for(45.0) == 5.0
+
+
+def test_a_wait_for_a_slot_another_walsender_still_holds_is_polled_below_the_cap() -> None:
+    b = Backoff(first=0.5, cap=30.0)
+    waits = [b.failed(float(t), cap=5.0) for t in range(8)]
+    assert waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]
+    assert b.failed(9.0) == 30.0  # another failure in a row, without the lower cap, backs off as before
