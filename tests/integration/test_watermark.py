@@ -356,7 +356,7 @@ def test_run_once_catches_up_and_exits_and_a_second_run_only_reads_what_is_new(
     wait_converged(pg, tmp_lake, [T], where=LIVE, timeout=5)
 
     logical = run_cli(daemon.config, "run", "--once", env={"CDC_REPLICATOR_SOURCE__MODE": "logical"})
-    assert logical.returncode == 2 and "run --once is for" in logical.stderr
+    assert logical.returncode == 2 and 'run --once: only for source.mode = "watermark"' in logical.stderr
 
 
 def test_snapshot_in_watermark_mode_rebuilds_a_table_from_scratch(
