@@ -158,7 +158,7 @@ def test_an_unknown_table_is_refused_naming_it(pg: PgDatabase, tmp_lake: Path, d
     write_config(daemon.config, pg, tmp_lake, ["public.single"])
     result = run_cli(daemon.config, "snapshot", "--table", "public.nope")
     assert result.returncode == 2
-    assert "public.nope is not a configured table" in result.stderr
+    assert "--table public.nope: not a configured table (configured: public.single)" in result.stderr
 
 
 def test_a_target_without_write_permission_is_refused_and_leaves_nothing_claimed(
