@@ -162,19 +162,8 @@ class SilenceGuard:
         ``timeout`` 0 arms nothing. The caller checks ``watch.fired`` when the body raised.
         """
         w = Watch(fd, timeout, what, time.monotonic(), _inode(fd))
-        if timeout <= 0 or fd < 0:
+        with self._armed(w, timeout > 0 and fd >= 0):
             yield w
-            return
-        with self._lock:
-            self._watches.add(w)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="cdc-silence-guard", daemon=True)
-                self._thread.start()
-        try:
-            yield w
-        finally:
-            with self._lock:
-                self._watches.discard(w)
 
     @contextlib.contextmanager
     def watching_new(self, before: dict[int, str], port: int, timeout: float, what: str) -> Iterator[Watch]:
@@ -184,8 +173,14 @@ class SilenceGuard:
         Hold ``CONNECT_LOCK`` around it, so that the new socket is the body's.
         """
         w = Watch(-1, timeout, what, time.monotonic(), None, before=before, port=port)
-        if timeout <= 0:
+        with self._armed(w, timeout > 0):
             yield w
+
+    @contextlib.contextmanager
+    def _armed(self, w: Watch, arm: bool) -> Iterator[None]:
+        """The watchdog thread looks at ``w`` while the body runs (when ``arm``)."""
+        if not arm:
+            yield
             return
         with self._lock:
             self._watches.add(w)
@@ -193,7 +188,7 @@ class SilenceGuard:
                 self._thread = threading.Thread(target=self._run, name="cdc-silence-guard", daemon=True)
                 self._thread.start()
         try:
-            yield w
+            yield
         finally:
             with self._lock:
                 self._watches.discard(w)
