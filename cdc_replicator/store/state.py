@@ -1,10 +1,7 @@
 """SQLAlchemy state store: the confirmed position per slot, load progress, table status; runs migrations/state.
 
-Every failure of the store is a ``StateStoreError`` naming the file (or the URL, password masked)
-and the fix, never a driver's traceback. SQLite's are told apart by its result code (the driver's
-``sqlite_errorcode``), never by their text: a full disk or a lock is retried by the daemon; a
-file that is damaged, not a database, or cannot be opened or written (a read-only mount, a path
-under a regular file, no permission) stops it. A SQLite file is checked (``pragma quick_check``)
+Every failure of the store is a ``StateStoreError`` naming the file and the fix, never a driver's
+traceback (``store.failures`` tells them apart). A SQLite file is checked (``pragma quick_check``)
 when the store opens, so a damaged file stops the start instead of being half read.
 """
 
@@ -12,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +29,7 @@ from cdc_replicator.model import (
     VerifyResult,
     WatermarkPosition,
 )
+from cdc_replicator.store.failures import DAMAGED_FIX, store_error
 from cdc_replicator.store.migrations import apply_migrations, migrations_dir
 
 __all__ = [
@@ -176,7 +173,7 @@ class StateStore:
         problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
         if problems:
             raise StateStoreError(
-                f"{self._where} is damaged (pragma quick_check: {problems[0]})", hint=_DAMAGED_FIX
+                f"{self._where} is damaged (pragma quick_check: {problems[0]})", hint=DAMAGED_FIX
             )
 
     @contextmanager
@@ -196,36 +193,7 @@ class StateStore:
             raise self._failed(what, exc) from exc
 
     def _failed(self, what: str, exc: DBAPIError) -> StateStoreError:
-        """The error for a failed statement: SQLite's by result code, any other database's as retryable
-        when the connection was lost."""
-        orig = exc.orig
-        code = getattr(orig, "sqlite_errorcode", None) if isinstance(orig, sqlite3.Error) else None
-        detail = (
-            str(orig).strip().splitlines()[0]
-            if orig is not None and str(orig).strip()
-            else type(exc).__name__
-        )
-        if code is None:
-            return StateStoreError(
-                f"{self._where} {what}: {detail}",
-                hint="check that the state store's database is up and the role may write it; the daemon "
-                "retries a lost connection",
-                retryable=bool(exc.connection_invalidated),
-            )
-        name = getattr(orig, "sqlite_errorname", "") or f"SQLite code {code}"
-        rule = _SQLITE_RULES.get(code & 0xFF)
-        if rule is None:
-            return StateStoreError(
-                f"{self._where} {what}: {detail} ({name})",
-                hint="check the file and the disk it is on, then start again",
-            )
-        retryable, fix = rule
-        folder = str(Path(self._file).parent) if self._file else "its folder"
-        return StateStoreError(
-            f"{self._where} {what}: {detail} ({name})",
-            hint=fix.format(file=self._file or "", folder=folder),
-            retryable=retryable,
-        )
+        return store_error(self._where, self._file, what, exc)
 
     # ---- slot record -----------------------------------------------------------------------
 
@@ -618,45 +586,6 @@ def _decode_position(kind: str | None, value: str | None) -> Position | None:
         f"the state store holds a table position of an unknown kind {kind!r}",
         hint="it was written by a newer cdc-replicator: upgrade, or remove the state store's cdc_table_status rows",
     )
-
-
-_DAMAGED_FIX = (
-    "the file is damaged or is not a cdc-replicator state store: restore it from a backup, or move it away "
-    "(keep it for a bug report) and start again; if that start reports a position mismatch, re-sync: "
-    "cdc-replicator --config FILE snapshot"
-)
-# SQLite's primary result codes (https://sqlite.org/rescode.html): (retryable, fix)
-_SQLITE_RULES: dict[int, tuple[bool, str]] = {
-    sqlite3.SQLITE_FULL: (
-        True,
-        "free space on the disk that holds {file}; the daemon retries and confirms nothing it has not recorded",
-    ),
-    sqlite3.SQLITE_BUSY: (True, "another process holds {file} locked (a second daemon?); the daemon retries"),
-    sqlite3.SQLITE_LOCKED: (
-        True,
-        "another process holds {file} locked (a second daemon?); the daemon retries",
-    ),
-    sqlite3.SQLITE_CORRUPT: (False, _DAMAGED_FIX),
-    sqlite3.SQLITE_NOTADB: (False, _DAMAGED_FIX),
-    sqlite3.SQLITE_CANTOPEN: (
-        False,
-        "let the daemon's user create and write {file} and {folder} (is it a read-only mount, a path under a "
-        "regular file, or a folder without write permission?), or point state.url elsewhere; then start again",
-    ),
-    sqlite3.SQLITE_READONLY: (
-        False,
-        "{file} is read-only for the daemon: make it and {folder} writable (mode, owner, a read-only mount?), "
-        "or point state.url elsewhere; then start again",
-    ),
-    sqlite3.SQLITE_PERM: (
-        False,
-        "the daemon may not write {file}: fix its mode, owner or mount options, or point state.url elsewhere",
-    ),
-    sqlite3.SQLITE_IOERR: (
-        False,
-        "the disk that holds {file} reported an I/O error: check it (dmesg), then start again",
-    ),
-}
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
