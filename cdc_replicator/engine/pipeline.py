@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from cdc_replicator.config import Config, redact_dsn
+from cdc_replicator.engine import partitioning
 from cdc_replicator.engine.apply import Applier
 from cdc_replicator.engine.backoff import SLOT_IN_USE_POLL_SECONDS, Backoff
 from cdc_replicator.engine.batching import Batcher, BatchLimits
@@ -85,6 +86,7 @@ class Replicator:
             soft_delete=[t.name for t in config.tables if t.soft_delete],
             target_file_size=config.target.target_file_size,
             toast_reader=self._source_rows,
+            partitions=partitioning.partitions_of(config),
         )
         self._state = StateStore(config.state.url)
         if metrics is not None:  # `verify` runs in its own process and leaves its results here
@@ -227,6 +229,8 @@ class Replicator:
             silence_timeout=src.wal_receiver_timeout_seconds,
         ) as conn:
             schemas = checks.preflight(conn, self._tables, self._selections)
+            partitioning.check_catalog(self._cfg, schemas)
+            partitioning.check_lake(self._cfg, self._sink)
             checks.ensure_publication(
                 conn, src.publication, self._tables, narrowed(schemas, self._selections)
             )
@@ -371,6 +375,7 @@ class Replicator:
 
     def _poll(self, *, once: bool) -> None:
         """One attempt of ``run`` in watermark mode: poll every table in turn until stopped."""
+        partitioning.check_lake(self._cfg, self._sink)
         source = self._watermark_source()
         self._backoff.streaming(time.monotonic())  # a failure after a while of polling is a first one
         try:
