@@ -77,8 +77,8 @@ def parse_partition(text: str) -> PartitionColumn:
         transform = Transform(fn)
     except ValueError:
         raise ValueError(f"{text!r}: unknown transform {fn}(); use year(c), month(c) or day(c)") from None
-    if "(" in arg or ")" in arg:
-        raise ValueError(f"{text!r}: a transform takes one column name")
+    if any(ch in arg for ch in "(),"):
+        raise ValueError(f"{text!r}: a transform takes one column name, as in year(c), month(c), day(c)")
     return PartitionColumn(arg, transform)
 
 
