@@ -124,6 +124,7 @@ def test_a_partitioned_table_is_loaded_and_streamed_into_partition_directories_w
     # moves: a non-key partition column (region; REPLICA IDENTITY DEFAULT sends no old value), the
     # day of a timestamptz (22:30 UTC + 2 h is the next UTC day), a key partition column (a key move)
     pg.execute("update orders set region = 'us' where id in (3, 6, 9)")  # id % 3 = 0: was 'eu'
+    _converged(pg, tmp_lake, daemon)  # a batch of its own (a delete in the batch hides no bug)
     pg.execute("update orders set created_at = created_at + interval '2 hours' where id = 4")
     pg.execute(
         "update orders set region = 'eu', created_at = timestamptz '2026-12-25 12:00+00' where id = 1001"
