@@ -331,8 +331,17 @@ def plan_merge(
 def partition_arrays(
     columns: Mapping[str, pa.Array | pa.ChunkedArray], partitions: Sequence[PartitionColumn]
 ) -> dict[str, pa.Array | pa.ChunkedArray]:
-    """The derived partition columns (``created_at_day`` …) from the typed source ``columns``."""
-    return {p.name: derive(p, columns[p.source]) for p in partitions if p.transform is not None}
+    """The derived partition columns (``created_at_day`` …) from the typed source ``columns``.
+
+    A source column the stream no longer has (dropped while streaming) derives nothing: the merge
+    sets the Delta column NULL, like any column the source lost, and the next start refuses the
+    ``partition_by`` that names it.
+    """
+    return {
+        p.name: derive(p, columns[p.source])
+        for p in partitions
+        if p.transform is not None and p.source in columns
+    }
 
 
 # more distinct partition values than this in one batch: the key range alone prunes
