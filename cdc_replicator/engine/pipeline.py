@@ -230,7 +230,6 @@ class Replicator:
         ) as conn:
             schemas = checks.preflight(conn, self._tables, self._selections)
             partitioning.check_catalog(self._cfg, schemas)
-            partitioning.check_lake(self._cfg, self._sink)
             checks.ensure_publication(
                 conn, src.publication, self._tables, narrowed(schemas, self._selections)
             )
@@ -245,6 +244,7 @@ class Replicator:
                     hint="choose another source.slot, or drop that slot if it is unused",
                 )
             rec = self._state.slot(self._slot)
+            partitioning.check_lake(self._cfg, self._sink)  # before anything reads or writes a table
             plan = plan_start(
                 slot_name=self._slot,
                 slot=None
@@ -375,10 +375,10 @@ class Replicator:
 
     def _poll(self, *, once: bool) -> None:
         """One attempt of ``run`` in watermark mode: poll every table in turn until stopped."""
-        partitioning.check_lake(self._cfg, self._sink)
         source = self._watermark_source()
         self._backoff.streaming(time.monotonic())  # a failure after a while of polling is a first one
         try:
+            partitioning.check_lake(self._cfg, self._sink)
             self._polling(source).run(once=once)
         finally:
             self._health.set_connected(False)
