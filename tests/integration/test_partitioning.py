@@ -166,7 +166,7 @@ def test_a_partitioned_table_is_loaded_and_streamed_into_partition_directories_w
     assert daemon.stop() == 0, daemon.output()
 
 
-def test_a_changed_partition_by_is_refused_until_the_table_is_resynced_which_repartitions_it(
+def test_a_changed_partition_by_is_refused_until_the_table_is_resynced_which_repartitions_it_and_streams_on(
     pg: PgDatabase, tmp_lake: Path, daemon: Daemon
 ) -> None:
     _tables(pg)
@@ -193,6 +193,12 @@ def test_a_changed_partition_by_is_refused_until_the_table_is_resynced_which_rep
     pg.execute("update orders set created_at = timestamptz '2027-01-01 00:00+00' where id = 2")
     _converged(pg, tmp_lake, daemon)
     assert "created_at_month=2027-01" in _partition_dirs(tmp_lake, ORDERS)
+    # a live re-sync of a partitioned table (the daemon runs it in the stream) and verify read it
+    pg.execute("update events set region = 'us', v = 7 where id = 4")
+    live = run_cli(daemon.config, "snapshot", "--table", EVENTS, timeout=120)
+    assert live.returncode == 0, live.stderr
+    _converged(pg, tmp_lake, daemon)
+    assert _partition_dirs(tmp_lake, EVENTS) == {"region=eu", "region=us"}
     verified = run_cli(daemon.config, "verify", timeout=120)
     assert verified.returncode == 0, verified.stderr
     assert daemon.stop() == 0, daemon.output()
