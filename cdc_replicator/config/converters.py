@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar, get_args
 
 from cdc_replicator.model import TableId
+from cdc_replicator.types.partitions import PartitionColumn, parse_partition
 
 _T = TypeVar("_T")
 Converter = Callable[[object, bool], _T]
@@ -245,3 +246,21 @@ def storage_uri(value: object, from_env: bool) -> str:
     if scheme.lower() in _LOCAL_SCHEMES and not rest.strip("/"):
         raise Invalid(f"a URL with a path, like {scheme}:///var/lib/cdc/lake")
     return text
+
+
+def partition_list(value: object, from_env: bool) -> tuple[PartitionColumn, ...]:
+    """``partition_by``: column names or ``year(c)``/``month(c)``/``day(c)``; from the environment,
+    separated by commas (``region,day(created_at)``)."""
+    expected = 'a list of columns or year(c), month(c), day(c), e.g. ["region", "day(created_at)"]'
+    if from_env and isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) for v in items):
+        raise Invalid(expected)
+    try:
+        parsed = tuple(parse_partition(str(v)) for v in items)
+    except ValueError as exc:
+        raise Invalid(f"{expected} ({exc})") from None
+    if len({p.name for p in parsed}) != len(parsed):
+        raise Invalid(f"{expected}, each listed once")
+    return parsed

@@ -14,6 +14,7 @@ from cdc_replicator.config import converters as c
 from cdc_replicator.config.keys import key, redacted_repr
 from cdc_replicator.config.redact import redact_dsn, redact_options
 from cdc_replicator.model import ColumnSelection, TableId
+from cdc_replicator.types.partitions import PartitionColumn
 
 SourceMode = Literal["logical", "watermark"]
 HeartbeatKind = Literal["message", "table"]
@@ -168,6 +169,11 @@ class TableConfig:
     page_size: int = field(
         default=0,
         metadata=key(c.nonnegative_int, "Watermark mode: this table's page size; 0 = [watermark]'s."),
+    )
+    # ---- partitioning (issue 14, part "part") ----
+    partition_by: tuple[PartitionColumn, ...] = field(
+        default=(),
+        metadata=key(c.partition_list, "Partition the Delta table by these columns or year/month/day(c)."),
     )
 
     __repr__ = redacted_repr

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from cdc_replicator.config import Config, redact_dsn
+from cdc_replicator.engine import partitioning
 from cdc_replicator.engine.apply import Applier
 from cdc_replicator.engine.backoff import SLOT_IN_USE_POLL_SECONDS, Backoff
 from cdc_replicator.engine.batching import Batcher, BatchLimits
@@ -85,6 +86,7 @@ class Replicator:
             soft_delete=[t.name for t in config.tables if t.soft_delete],
             target_file_size=config.target.target_file_size,
             toast_reader=self._source_rows,
+            partitions=partitioning.partitions_of(config),
         )
         self._state = StateStore(config.state.url)
         if metrics is not None:  # `verify` runs in its own process and leaves its results here
@@ -227,6 +229,7 @@ class Replicator:
             silence_timeout=src.wal_receiver_timeout_seconds,
         ) as conn:
             schemas = checks.preflight(conn, self._tables, self._selections)
+            partitioning.check_catalog(self._cfg, schemas)
             checks.ensure_publication(
                 conn, src.publication, self._tables, narrowed(schemas, self._selections)
             )
@@ -241,6 +244,7 @@ class Replicator:
                     hint="choose another source.slot, or drop that slot if it is unused",
                 )
             rec = self._state.slot(self._slot)
+            partitioning.check_lake(self._cfg, self._sink)  # before anything reads or writes a table
             plan = plan_start(
                 slot_name=self._slot,
                 slot=None
@@ -374,6 +378,7 @@ class Replicator:
         source = self._watermark_source()
         self._backoff.streaming(time.monotonic())  # a failure after a while of polling is a first one
         try:
+            partitioning.check_lake(self._cfg, self._sink)
             self._polling(source).run(once=once)
         finally:
             self._health.set_connected(False)

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc_replicator.config import Config, TableConfig, redact_dsn
+from cdc_replicator.engine import partitioning
 from cdc_replicator.engine.contracts import decide, schema_from_json, schema_to_json
 from cdc_replicator.engine.observe import Observer
 from cdc_replicator.engine.reconcile import Reconciler
@@ -97,6 +98,7 @@ class PollingLoop:
 
     def run(self, *, once: bool = False) -> None:
         tables = {tc.name: self._table(tc) for tc in self._cfg.tables}
+        partitioning.check_catalog(self._cfg, {t: wt.schema for t, wt in tables.items()})
         paused = self._contracts(tables)
         logger.info(
             "watermark polling tables=%d replica=%s dsn=%s",
@@ -126,6 +128,7 @@ class PollingLoop:
             if tc.name not in tables:
                 continue
             wt = self._table(tc)
+            partitioning.check_catalog(self._cfg, {tc.name: wt.schema})
             self._begin(wt.schema)
             self._state.record_schema(
                 self._slot, tc.name, decision="load", new_schema=schema_to_json(wt.schema)

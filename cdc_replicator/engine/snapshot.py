@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import psycopg
 
 from cdc_replicator.config import Config
+from cdc_replicator.engine import partitioning
 from cdc_replicator.engine.contracts import schema_to_json
 from cdc_replicator.engine.loader import Loader, LoadInterrupted, LoadResult, ProgressSink
 from cdc_replicator.engine.observe import Observer
@@ -80,6 +81,7 @@ class Loads:
             silence_timeout=src.wal_receiver_timeout_seconds,
         ) as conn:
             schemas = checks.preflight(conn, self._tables, self._selections)
+            partitioning.check_catalog(self._cfg, schemas)
             checks.ensure_publication(
                 conn, src.publication, self._tables, narrowed(schemas, self._selections)
             )

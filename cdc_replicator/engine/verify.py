@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc_replicator.config import Config, VerifyConfig
+from cdc_replicator.engine import partitioning
 from cdc_replicator.engine.rangediff import Key, RangeDiff, diff_range
 from cdc_replicator.engine.resync import request_resync
 from cdc_replicator.errors import ConfigError, LakeBehind, ReplicatorError, SlotInUse, SourceError
@@ -294,6 +295,7 @@ def run_verify(
         slot=src.slot,
         storage_options=dict(cfg.target.storage_options),
         soft_delete=[t.name for t in cfg.tables if t.soft_delete],
+        partitions=partitioning.partitions_of(cfg),
     )
     reader = SnapshotReader(src.dsn, connect_timeout=src.connect_timeout_seconds)
     try:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Field, QueryBuilder, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from cdc_replicator.errors import ReplicatorError, SinkError
+from cdc_replicator.errors import ConfigError, ReplicatorError, SinkError
 from cdc_replicator.model import (
     KeyRange,
     Lsn,
@@ -42,6 +42,7 @@ from cdc_replicator.sink.plan import (
     fill_toast,
     flagged_keys,
     moved_keys,
+    partition_arrays,
     plan_merge,
     quote,
     range_predicate,
@@ -51,6 +52,7 @@ from cdc_replicator.sink.plan import (
 )
 from cdc_replicator.sink.storage import storage_error
 from cdc_replicator.types import arrow_type
+from cdc_replicator.types.partitions import PartitionColumn
 
 __all__ = ["DeltaSink"]
 
@@ -81,6 +83,7 @@ class DeltaSink:
         soft_delete: Iterable[TableId] = (),
         target_file_size: int | None = None,
         toast_reader: ToastReader | None = None,
+        partitions: Mapping[TableId, Sequence[PartitionColumn]] | None = None,
     ) -> None:
         self._toast = toast_reader  # where unchanged TOAST values come from when Delta lost the row
         self._root = root if "://" in root else os.path.abspath(root)
@@ -89,6 +92,8 @@ class DeltaSink:
         self._soft = frozenset(soft_delete)
         self._file_size = target_file_size
         self._tables: dict[TableId, DeltaTable] = {}
+        # partition_by per table (README "Partitioning"); a table not named is not partitioned
+        self._parts = {t: tuple(p) for t, p in (partitions or {}).items() if p}
 
     # ---- addressing ----------------------------------------------------------------------
 
@@ -152,9 +157,13 @@ class DeltaSink:
         otherwise old rows stay visible until their key range is rewritten by its chunk.
         """
         table = schema.table
-        tschema = target_schema(schema, soft_delete=table in self._soft)
+        tschema = self._target_schema(schema)
         dt = self._open(table)
-        same = dt is not None and [f.name for f in dt.schema().fields] == tschema.names
+        same = (
+            dt is not None
+            and [f.name for f in dt.schema().fields] == tschema.names
+            and list(dt.metadata().partition_columns) == self.partition_columns(table)
+        )
         # no position (version 0) until the load ends; a polled table records where it starts reading
         empty: Position = watermark if watermark is not None else TablePosition(Lsn.ZERO)
         props = self._props(table, empty, {"cdc.op": "load-begin"})
@@ -193,7 +202,8 @@ class DeltaSink:
         """
         table = schema.table
         soft = table in self._soft
-        tschema = target_schema(schema, soft_delete=soft)
+        tschema = self._target_schema(schema)
+        parts = self._parts.get(table, ())
         counted = [0, 0]  # rows, Arrow bytes (uncompressed data written)
 
         constants = [
@@ -224,6 +234,11 @@ class DeltaSink:
                     c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
                     for c in typed_columns(schema, chunk, native=native, notes=notes)
                 ]
+                if parts:  # derived partition columns (day(c) …), vectorised over the chunk
+                    derived = partition_arrays(dict(zip(schema.column_names, cols, strict=True)), parts)
+                    cols += [
+                        d.combine_chunks() if isinstance(d, pa.ChunkedArray) else d for d in derived.values()
+                    ]
                 _report(table, notes)
                 # constant columns: pa.repeat fills them in C (a Python list of n datetimes
                 # cost about a quarter of the load's CPU)
@@ -274,7 +289,7 @@ class DeltaSink:
     def finish_load(self, schema: TableSchema, position: Lsn) -> None:
         """Record the load's position: from here on the table holds everything before it."""
         table = schema.table
-        tschema = target_schema(schema, soft_delete=table in self._soft)
+        tschema = self._target_schema(schema)
         props = self._props(table, TablePosition(position), {"cdc.op": "load-end"})
         try:
             self._write(table, tschema.empty_table(), props, mode="append")
@@ -317,6 +332,7 @@ class DeltaSink:
                 data,
                 mode="overwrite",
                 schema_mode="overwrite",
+                partition_by=self.partition_columns(table),  # [] un-partitions a re-synced table
                 storage_options=opts,
                 configuration=self._configuration(),
                 commit_properties=props,
@@ -330,6 +346,32 @@ class DeltaSink:
                 storage_options=opts,
                 target_file_size=file_size,
                 commit_properties=props,
+            )
+
+    def _target_schema(self, schema: TableSchema) -> pa.Schema:
+        table = schema.table
+        return target_schema(schema, soft_delete=table in self._soft, partitions=self._parts.get(table, ()))
+
+    def partition_columns(self, table: TableId) -> list[str]:
+        """The Delta columns ``table`` is to be partitioned by (``partition_by``; [] none)."""
+        return [p.name for p in self._parts.get(table, ())]
+
+    def check_partitioning(self, table: TableId) -> None:
+        """Refuse to write an existing table whose partition columns are not ``partition_by``'s.
+
+        Delta cannot re-partition files in place: the table is written anew by a re-sync.
+        """
+        dt = self._open(table)
+        if dt is None:
+            return
+        have = list(dt.metadata().partition_columns)
+        want = self.partition_columns(table)
+        if have != want:
+            raise ConfigError(
+                f"config: {table}: partition_by asks for partition columns [{', '.join(want)}] but its "
+                f"Delta table at {self.uri(table)} is partitioned by [{', '.join(have)}]",
+                hint=f"re-sync the table to re-create it with the new partitioning: cdc-replicator "
+                f"--config FILE snapshot --table {table} (or restore the old partition_by)",
             )
 
     def _configuration(self) -> dict[str, str | None] | None:
@@ -368,7 +410,13 @@ class DeltaSink:
         old_keys = moved_keys(patch)
         moved_rows = None if old_keys is None or patch.truncate else rows_at(dt, patch.schema, old_keys)
         patch, toast_read, toast_unknown = self._fill_toast_gaps(dt, patch, moved_rows)
-        plan = plan_merge(patch, soft_delete=soft, moved_rows=moved_rows, target=self._arrow_schema(dt))
+        plan = plan_merge(
+            patch,
+            soft_delete=soft,
+            moved_rows=moved_rows,
+            target=self._arrow_schema(dt),
+            partitions=self._parts.get(table, ()),
+        )
         _report(table, plan.notes)
         props = self._props(table, position, {"cdc.batch": str(batch_id), **(metadata or {})})
         before = dt.version()
@@ -470,7 +518,7 @@ class DeltaSink:
         dt = self._open(table)
         if dt is None:
             raise SinkError(f"the Delta table of {table} does not exist at {self.uri(table)}")
-        want = target_schema(schema, soft_delete=table in self._soft)
+        want = self._target_schema(schema)
         have = self._arrow_schema(dt)
         missing = [f for f in want if f.name not in have.names]
         wider = {f.name: f for f in want if f.name in have.names and have.field(f.name).type != f.type}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import pyarrow as pa
@@ -10,6 +11,7 @@ import pyarrow.compute as pc
 from cdc_replicator.errors import DecodeError
 from cdc_replicator.model import MOVED_PREFIX, UNCHANGED_PREFIX, KeyRange, TablePatch, TableSchema, Value
 from cdc_replicator.types import arrow_type, cast_text
+from cdc_replicator.types.partitions import PartitionColumn, derive, derived_fields
 
 __all__ = [
     "META_COLUMNS",
@@ -23,6 +25,8 @@ __all__ = [
     "target_schema",
     "typed_columns",
     "quote",
+    "partition_arrays",
+    "partition_predicate",
 ]
 
 _TS_UTC = pa.timestamp("us", tz="UTC")
@@ -35,11 +39,15 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def target_schema(schema: TableSchema, *, soft_delete: bool) -> pa.Schema:
-    """The Delta table's schema: the source columns, then the ``_cdc_*`` metadata columns."""
+def target_schema(
+    schema: TableSchema, *, soft_delete: bool, partitions: Sequence[PartitionColumn] = ()
+) -> pa.Schema:
+    """The Delta table's schema: the source columns, the derived partition columns (``day(c)`` …),
+    then the ``_cdc_*`` metadata columns."""
     fields = [
         pa.field(c.name, arrow_type(c.type_oid, c.type_modifier), nullable=True) for c in schema.columns
     ]
+    fields += derived_fields(partitions)
     fields += [
         pa.field("_cdc_lsn", pa.int64(), nullable=True),
         pa.field("_cdc_op", pa.string(), nullable=True),
@@ -240,6 +248,7 @@ def plan_merge(
     soft_delete: bool,
     moved_rows: pa.Table | None = None,
     target: pa.Schema | None = None,
+    partitions: Sequence[PartitionColumn] = (),
 ) -> MergePlan:
     """A sequenced merge: a change lands only if its ``_cdc_lsn`` is not older than the row's.
 
@@ -247,6 +256,8 @@ def plan_merge(
     fill the unchanged TOAST columns of rows whose key moved (the new key has no target row).
     ``target``: the Delta table's schema; its columns the source no longer has (dropped, or the
     old name of a renamed one) are set NULL by every later update and insert.
+    ``partitions``: the table's ``partition_by``; derived columns are computed from the row's
+    values, and the merge is pruned by partition where that is safe (``partition_predicate``).
     """
     schema = patch.schema
     rows = patch.rows
@@ -257,6 +268,8 @@ def plan_merge(
     flags = {n: rows.column(UNCHANGED_PREFIX + n) for n in patch.unchanged_columns}
     if moved_rows is not None and moved_rows.num_rows:
         _fill_moved(patch, data, flags, moved_rows)
+    derived = partition_arrays(data, partitions)
+    data.update(derived)
     for m in META_COLUMNS:
         data[m] = rows.column(m)
     if soft_delete:
@@ -269,15 +282,21 @@ def plan_merge(
     on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
     rng = _key_range(source, key[0]) if key else None
     predicate = on if rng is None else f"{on} AND {rng}"
+    pruned = partition_predicate(source, schema, partitions)
+    if pruned is not None:
+        predicate = f"{predicate} AND {pruned}"
     newer = "s._cdc_lsn >= t._cdc_lsn"
+
+    source_of = {p.name: p.source for p in partitions if p.transform is not None}
 
     def value(name: str) -> str:
         q = quote(name)
-        if name in patch.unchanged_columns:
-            return f"CASE WHEN s.{quote(UNCHANGED_PREFIX + name)} THEN t.{q} ELSE s.{q} END"
+        kept = source_of.get(name, name)  # a derived column is kept when its source column is
+        if kept in patch.unchanged_columns:
+            return f"CASE WHEN s.{quote(UNCHANGED_PREFIX + kept)} THEN t.{q} ELSE s.{q} END"
         return f"s.{q}"
 
-    all_cols = names + list(META_COLUMNS) + (["_cdc_deleted"] if soft_delete else [])
+    all_cols = names + list(derived) + list(META_COLUMNS) + (["_cdc_deleted"] if soft_delete else [])
     updates = {quote(n): value(n) for n in all_cols if n not in key}
     inserts = {quote(n): f"s.{quote(n)}" for n in all_cols}
     soft_updates = None
@@ -307,6 +326,66 @@ def plan_merge(
         upsert_rows=upsert_rows,
         notes=tuple(notes),
     )
+
+
+def partition_arrays(
+    columns: Mapping[str, pa.Array | pa.ChunkedArray], partitions: Sequence[PartitionColumn]
+) -> dict[str, pa.Array | pa.ChunkedArray]:
+    """The derived partition columns (``created_at_day`` …) from the typed source ``columns``.
+
+    A source column the stream no longer has (dropped while streaming) derives nothing: the merge
+    sets the Delta column NULL, like any column the source lost, and the next start refuses the
+    ``partition_by`` that names it.
+    """
+    return {
+        p.name: derive(p, columns[p.source])
+        for p in partitions
+        if p.transform is not None and p.source in columns
+    }
+
+
+# more distinct partition values than this in one batch: the key range alone prunes
+MAX_PRUNED_PARTITIONS = 100
+
+
+def partition_predicate(
+    source: pa.Table, schema: TableSchema, partitions: Sequence[PartitionColumn]
+) -> str | None:
+    """A target-side ``t.p IN (...)`` per partition column, from the batch's values; None: no pruning.
+
+    Only safe where a row's partition is a function of its key: every partition source column is
+    a key column. Otherwise an update that moves a row to another partition arrives with its new
+    values only (REPLICA IDENTITY DEFAULT sends no old value of a non-key column, and the batch
+    keeps the last row image), so a predicate over the new partitions would not match the row in
+    its old partition and the merge would insert a second row. A key change is a delete of the
+    old key (whose partition the key gives) and an insert, so the old partition is in the list.
+    """
+    if not partitions or any(p.source not in schema.key for p in partitions):
+        return None
+    parts = []
+    for p in partitions:
+        values = pc.unique(source.column(p.name).combine_chunks())
+        if values.null_count or len(values) == 0 or len(values) > MAX_PRUNED_PARTITIONS:
+            return None
+        literals = []
+        for v in values.to_pylist():
+            lit = _partition_literal(v, values.type)
+            if lit is None:
+                return None
+            literals.append(lit)
+        parts.append(f"t.{quote(p.name)} IN ({', '.join(sorted(literals))})")
+    return " AND ".join(parts)
+
+
+def _partition_literal(value: object, typ: pa.DataType) -> str | None:
+    """A DataFusion literal of a partition value (ints, text, dates); None: a type not pruned by."""
+    if pa.types.is_integer(typ) and isinstance(value, int):
+        return str(int(value))
+    if (pa.types.is_string(typ) or pa.types.is_large_string(typ)) and isinstance(value, str):
+        return _literal(value)
+    if pa.types.is_date32(typ):
+        return f"CAST({_literal(str(value))} AS DATE)"
+    return None
 
 
 def _fill_moved(
