@@ -22,6 +22,7 @@ from cdc_replicator.config.sections import (
     TableConfig,
     TargetConfig,
     VerifyConfig,
+    MaintenanceConfig,
     WatermarkConfig,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "TableConfig",
     "TargetConfig",
     "VerifyConfig",
+    "MaintenanceConfig",
     "WatermarkConfig",
     "load_config",
     "redact_dsn",
