@@ -14,6 +14,7 @@ from cdc_replicator.config.sections import (
     Config,
     LogConfig,
     LogFormat,
+    MaintenanceConfig,
     ServerConfig,
     SnapshotConfig,
     SourceConfig,
@@ -22,7 +23,6 @@ from cdc_replicator.config.sections import (
     TableConfig,
     TargetConfig,
     VerifyConfig,
-    MaintenanceConfig,
     WatermarkConfig,
 )
 

@@ -172,7 +172,9 @@ class TableConfig:
     # --- lake maintenance (issue 14, part "maint"): overrides of [maintenance]; 0 = the section's value
     retention_hours: float = field(
         default=0.0,
-        metadata=key(c.nonnegative_float, "This table's removed-file and log retention; 0 = [maintenance]'s."),
+        metadata=key(
+            c.nonnegative_float, "This table's removed-file and log retention; 0 = [maintenance]'s."
+        ),
     )
     interval_seconds: float = field(
         default=0.0,
