@@ -33,7 +33,7 @@ from cdc_replicator.model import (
     WatermarkPosition,
 )
 from cdc_replicator.sink import ApplyResult, ChunkWritten, ToastReader
-from cdc_replicator.sink.maintenance import MaintenanceResult, maintain_table
+from cdc_replicator.sink.maintenance import LakeHealth, MaintenanceResult, lake_health, maintain_table
 from cdc_replicator.sink.merge import keys_present, merge, rows_at
 from cdc_replicator.sink.offsets import (
     app_id,
@@ -203,7 +203,8 @@ class DeltaSink:
             ) or SinkError(f"cannot prepare the Delta table of {table} at {where}: {exc}") from exc
         self._tables.pop(table, None)
 
-    @_one_writer
+    # not under the writer lock: chunks of one table are written side by side by a parallel load;
+    # maintenance skips a table that is not streaming, and an append never conflicts with it
     def load_chunk(
         self,
         schema: TableSchema,
@@ -578,6 +579,16 @@ class DeltaSink:
             return maintain_table(
                 dt, table, settings, apps=apps, root=self.uri(table), checkpointed=checkpointed
             )
+
+    def lake_health(self, table: TableId) -> LakeHealth | None:
+        """The table's live files and bytes, unvacuumed bytes, last maintenance (None: no table)."""
+        dt = self._open(table)
+        if dt is None:
+            return None
+        try:
+            return lake_health(dt, self.uri(table))
+        except (DeltaError, OSError) as exc:
+            raise SinkError(f"measuring the Delta table of {table} failed: {exc}", retryable=True) from exc
 
     def keys_in_range(self, schema: TableSchema, key_range: KeyRange) -> pa.Table:
         """The key columns of the table's rows in ``key_range`` (typed as Delta stores them)."""

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 import pyarrow as pa
@@ -35,11 +36,12 @@ from cdc_replicator.sink.upkeep import (
     retention_properties,
 )
 
-__all__ = ["MaintenanceResult", "maintain_table"]
+__all__ = ["LakeHealth", "MaintenanceResult", "lake_health", "maintain_table"]
 
 logger = logging.getLogger(__name__)
 
 _OP: Final = "cdc.op"
+_HISTORY: Final = 200  # commits searched for the last maintenance commit
 _HINTS: Final = {
     Step.PROPERTIES: "check that the lake is writable; the daemon retries next interval",
     Step.COMPACT: "a concurrent writer (another process) may have won the commit; retried next interval",
@@ -79,6 +81,33 @@ class MaintenanceResult:
             f"bytes {self.bytes_before} -> {self.bytes_after}, vacuumed {self.vacuumed_files} files, "
             f"unvacuumed bytes {left}, version {self.version}, steps {ran}, {self.seconds:.2f}s"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LakeHealth:
+    """A table's size now (for ``status``): live files and bytes, unvacuumed bytes, last maintenance.
+
+    ``last_maintenance``: when the newest maintenance commit within the recent history was made
+    (None: none there; a pass that found nothing to do commits nothing).
+    """
+
+    files: int
+    bytes: int
+    unvacuumed_bytes: int | None
+    last_maintenance: datetime | None
+
+
+def lake_health(dt: DeltaTable, root: str) -> LakeHealth:
+    """Measure ``dt``: the log's live files, one storage listing for the unvacuumed bytes."""
+    files, size = _live(dt)
+    when = None
+    for entry in dt.history(_HISTORY):
+        op = entry.get(_OP)
+        ts = entry.get("timestamp")
+        if isinstance(op, str) and op.startswith("maintenance") and isinstance(ts, int | float):
+            when = datetime.fromtimestamp(ts / 1000, UTC)
+            break
+    return LakeHealth(files, size, unvacuumed_bytes(dt, root), when)
 
 
 def _live(dt: DeltaTable) -> tuple[int, int]:

@@ -21,7 +21,6 @@ __all__ = [
     "Step",
     "TableLayout",
     "due",
-    "next_due",
     "plan_pass",
     "retention_interval",
     "retention_properties",
@@ -116,12 +115,3 @@ def plan_pass(layout: TableLayout, settings: MaintenanceSettings) -> tuple[Step,
 def due(last_pass: float | None, interval_seconds: float, now: float) -> bool:
     """A table is due when it never had a pass in this process, or its interval has passed."""
     return last_pass is None or now - last_pass >= interval_seconds
-
-
-def next_due(last_passes: Mapping[str, float | None], intervals: Mapping[str, float], now: float) -> float:
-    """Seconds until the first table is due (0: one is due now); ``intervals`` names every table."""
-    waits = [
-        0.0 if (last := last_passes.get(t)) is None else max(0.0, last + interval - now)
-        for t, interval in intervals.items()
-    ]
-    return min(waits, default=math.inf)
