@@ -130,7 +130,7 @@ def unvacuumed_bytes(dt: DeltaTable, root: str) -> int | None:
     if "://" in root and not root.startswith("file://"):
         return None
     base = root.removeprefix("file://")
-    stale = dt.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False)
+    stale = dt.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False, full=True)
     total = 0
     for rel in stale:
         try:
@@ -228,6 +228,10 @@ def _run(dt: DeltaTable, step: Step, settings: MaintenanceSettings, meta: dict[s
         dt.create_checkpoint()
         dt.cleanup_metadata()  # log entries older than delta.logRetentionDuration, before the checkpoint
     elif step is Step.VACUUM:
-        # the table's delta.deletedFileRetentionDuration is ours (the properties step set it)
-        return len(dt.vacuum(dry_run=False, commit_properties=props))
+        # full: a listing of the table's files, not only the tombstones in the log: a checkpoint
+        # drops the tombstones older than the retention, and cleanup_metadata the JSON commits
+        # holding them, so a log-only vacuum never deletes the files they removed (seen in the
+        # soak test: 52 such files). The retention (delta.deletedFileRetentionDuration, ours since
+        # the properties step) applies to each file's modification time.
+        return len(dt.vacuum(dry_run=False, full=True, commit_properties=props))
     return 0
