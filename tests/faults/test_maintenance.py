@@ -207,15 +207,16 @@ def test_maintain_compacts_one_table_of_a_stopped_daemon_and_sets_its_retention_
     assert _retention(lake, "public.t") == "interval 24 hours"
     assert glob.glob(str(table_path(lake, "public.t") / "_delta_log" / "*.checkpoint.parquet"))
 
-    # the daemon resumes after the pass exactly where it was, and a maintain beside it converges
-    daemon.start()
+    # a maintain beside the running daemon: its compaction lands between the planning and the
+    # commit of the daemon's merge (held there by a failpoint); the merge's commit conflicts, the
+    # daemon retries from the new version and converges, exactly once
+    daemon.start(failpoints="before_merge=1:sleep4")
     daemon.wait_streaming()
-    writer = threading.Thread(target=_commits, args=(db15, 100, 10))
-    writer.start()
-    for _ in range(3):
-        beside = run_cli(daemon.config, "maintain")
-        assert beside.returncode in (0, 7), beside.stderr  # 7: its commit lost to the daemon's
-        time.sleep(0.5)
-    writer.join()
-    wait_converged(db15, lake, tables, daemon=daemon)
-    assert daemon.stop() == 0
+    db15.execute("update u set v = 'z' where id between 1 and 8")
+    wait_until(lambda: "failpoint before_merge" in daemon.output(200), timeout=30, message="no merge began")
+    beside = run_cli(daemon.config, "maintain", "--table", "public.u")
+    assert beside.returncode == 0, beside.stderr
+    wait_converged(db15, lake, tables, daemon=daemon, timeout=60)
+    assert "retrying in" in daemon.output(400), daemon.output()
+    assert "a concurrent transactions added new data" in daemon.output(400)
+    daemon.kill()  # every merge of this start sleeps: no need to wait for a graceful stop
