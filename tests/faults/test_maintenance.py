@@ -47,7 +47,10 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 def _maintenance(config: Path, **keys: object) -> None:
     """Append a [maintenance] section to a config written by ``write_config``."""
-    lines = ["[maintenance]", *(f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in keys.items())]
+    lines = [
+        "[maintenance]",
+        *(f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in keys.items()),
+    ]
     config.write_text(config.read_text() + "\n".join(lines) + "\n")
 
 
@@ -148,11 +151,20 @@ def test_a_streamed_lake_stays_small_checkpointed_time_travelable_and_exact_unde
     con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
     try:
         con.execute(f"load '{ext / 'delta.duckdb_extension'}'")
-        for t, key in (("public.accounts", "id"), ("public.ledger", "acct, entry"), ("public.profiles", "id"), (EVENTS, "id")):
+        for t, key in (
+            ("public.accounts", "id"),
+            ("public.ledger", "acct, entry"),
+            ("public.profiles", "id"),
+            (EVENTS, "id"),
+        ):
             scan = f"select {key} from delta_scan('{table_path(lake, t)}') order by {key}"  # noqa: S608
             assert con.execute(scan).fetchall() == db15.query(f"select {key} from {t} order by {key}"), t  # noqa: S608
-        total = f"select sum(balance), sum(length(big)) from delta_scan('{table_path(lake, 'public.accounts')}')"  # noqa: S608
-        assert con.execute(total).fetchall() == db15.query("select sum(balance), sum(length(big)) from accounts")
+        total = (
+            f"select sum(balance), sum(length(big)) from delta_scan('{table_path(lake, 'public.accounts')}')"  # noqa: S608
+        )
+        assert con.execute(total).fetchall() == db15.query(
+            "select sum(balance), sum(length(big)) from accounts"
+        )
     finally:
         con.close()
 
@@ -188,7 +200,10 @@ def test_maintain_compacts_one_table_of_a_stopped_daemon_and_sets_its_retention_
     wait_converged(db15, lake, tables, daemon=daemon)
     assert daemon.stop() == 0
     # set at creation: the override on t, the section's default on u
-    assert (_retention(lake, "public.t"), _retention(lake, "public.u")) == ("interval 48 hours", "interval 168 hours")
+    assert (_retention(lake, "public.t"), _retention(lake, "public.u")) == (
+        "interval 48 hours",
+        "interval 168 hours",
+    )
     files_u = _live(table_path(lake, "public.u"))[0]
     assert _live(table_path(lake, "public.t"))[0] > 3 and files_u > 3
 
@@ -196,11 +211,15 @@ def test_maintain_compacts_one_table_of_a_stopped_daemon_and_sets_its_retention_
     assert "--table public.nope: not a configured table" in refusal(refused, 2)
 
     # an existing table whose property differs gets the configured one
-    daemon.config.write_text(daemon.config.read_text().replace("retention_hours = 48", "retention_hours = 24"))
+    daemon.config.write_text(
+        daemon.config.read_text().replace("retention_hours = 48", "retention_hours = 24")
+    )
     done = run_cli(daemon.config, "maintain", "--table", "public.t")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("public.t: files ") and "steps properties,compact,checkpoint,vacuum" in lines[0]
+    assert (
+        lines[0].startswith("public.t: files ") and "steps properties,compact,checkpoint,vacuum" in lines[0]
+    )
     assert lines[-1] == "maintain: 1 table(s) maintained"
     assert _live(table_path(lake, "public.t"))[0] == 1
     assert _live(table_path(lake, "public.u"))[0] == files_u  # not asked for: untouched

@@ -28,7 +28,9 @@ SETTINGS = MaintenanceSettings(retention_hours=168.0, interval_seconds=600.0, ta
 KEPT = retention_properties(168.0)
 
 
-def layout(sizes: list[int], *, version: int = 50, props: tuple[tuple[str, str], ...] = KEPT, ckpt: int | None = 45):
+def layout(
+    sizes: list[int], *, version: int = 50, props: tuple[tuple[str, str], ...] = KEPT, ckpt: int | None = 45
+) -> TableLayout:
     return TableLayout(tuple(sizes), version, props, ckpt)
 
 
@@ -116,7 +118,9 @@ def test_per_table_overrides_replace_the_sections_values_and_zero_means_the_sect
     assert (a.target_file_size, a.compact_min_files) == (1048576, 3)
 
 
-def test_the_maintenance_defaults_are_a_week_of_retention_and_a_pass_every_ten_minutes(tmp_path: Path) -> None:
+def test_the_maintenance_defaults_are_a_week_of_retention_and_a_pass_every_ten_minutes(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "c.toml"
     path.write_text(BASE + '[[tables]]\nname = "a"\n')
 
