@@ -32,7 +32,6 @@ from cdc_replicator.model import (
     TableSchema,
     WatermarkPosition,
 )
-from cdc_replicator.service import failpoints
 from cdc_replicator.sink import ApplyResult, ChunkWritten, ToastReader
 from cdc_replicator.sink.maintenance import LakeHealth, MaintenanceResult, lake_health, maintain_table
 from cdc_replicator.sink.merge import keys_present, merge, rows_at
@@ -419,7 +418,6 @@ class DeltaSink:
                 self._tables.pop(table, None)
                 n = plan.upsert_rows.num_rows
                 return ApplyResult(table, before + 1, n, 0, 0, True, toast_read, toast_unknown)
-            failpoints.hit("before_merge")  # planned on dt's version; tests let another commit land here
             metrics = merge(dt, plan, props, patch)
             dt.update_incremental()
             if dt.version() == before:
