@@ -160,17 +160,25 @@ def maintain_table(
     this process wrote.
     """
     started = time.monotonic()
-    files_before, bytes_before = _live(dt)
-    layout = TableLayout(
-        _file_sizes(dt),
-        dt.version(),
-        tuple(sorted(dt.metadata().configuration.items())),
-        checkpointed,
-    )
+    try:
+        files_before, bytes_before = _live(dt)
+        layout = TableLayout(
+            _file_sizes(dt),
+            dt.version(),
+            tuple(sorted(dt.metadata().configuration.items())),
+            checkpointed,
+        )
+        held = _txns(dt, apps)
+        wm = read_watermark(dt, apps[0]) if apps else None
+    except (DeltaError, OSError) as exc:
+        context = f"maintenance of {table} failed reading its log"
+        raise storage_error(exc, context=context, path=root) or MaintenanceFailed(
+            f"{context}: {exc}",
+            step="read",
+            hint="check the table with cdc-replicator verify; retried next interval",
+        ) from exc
     steps = plan_pass(layout, settings)
-    held = _txns(dt, apps)
     meta = {_OP: "maintenance"}
-    wm = read_watermark(dt, apps[0]) if apps else None
     if wm is not None:  # keep the newest watermark in the recent history (see the module doc)
         meta[WATERMARK_KEY] = wm.to_json()
     vacuumed = 0
