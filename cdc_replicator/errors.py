@@ -26,6 +26,7 @@ __all__ = [
     "DecodeError",
     "LakeBehind",
     "LakeDiffers",
+    "MaintenanceFailed",
     "MissingKey",
     "MissingPrivilege",
     "NO_SQLSTATE",
@@ -165,6 +166,19 @@ class StorageFull(SinkError):
     """The lake's storage has no room left (a full disk, a quota): waiting until space is freed heals it."""
 
     retryable = True
+
+
+class MaintenanceFailed(SinkError):
+    """A maintenance step (``step``: properties, compact, zorder, checkpoint, vacuum) of a table failed.
+
+    The daemon logs it and tries again at the table's next interval; the stream goes on.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, step: str, hint: str = "", retryable: bool | None = None) -> None:
+        super().__init__(message, hint=hint, retryable=retryable)
+        self.step = step
 
 
 class StateStoreError(ReplicatorError):

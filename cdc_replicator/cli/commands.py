@@ -1,4 +1,4 @@
-"""Command line: run / snapshot / verify / status / migrate / teardown / demo. Maps ReplicatorError to its exit code; no logic here."""
+"""Command line: run / snapshot / verify / maintain / status / migrate / teardown / demo. Maps ReplicatorError to its exit code; no logic here."""
 
 from __future__ import annotations
 
@@ -265,6 +265,43 @@ def verify(ctx: click.Context, tables: tuple[str, ...], repair: bool) -> None:
             + " ".join(f"--table {t}" for t in different),
         )
     click.echo(f"verify: {len(verdicts)} table(s) equal to the source")
+
+
+@cli.command()
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="SCHEMA.TABLE",
+    help="Maintain only these configured tables (repeatable). Default: every table.",
+)
+@click.pass_context
+@_errors_to_exit
+def maintain(ctx: click.Context, tables: tuple[str, ...]) -> None:
+    """One lake maintenance pass now: compaction, checkpoint + expired-log cleanup, vacuum (for cron).
+
+    Run it with the daemon stopped, or beside it: Delta's commit conflict check protects the data
+    (a merge of the daemon that loses is retried from the new version). One line per table.
+    """
+    from cdc_replicator.engine.maintain import maintain_now
+    from cdc_replicator.model import TableId
+
+    cfg = _load(ctx)
+    try:
+        wanted = tuple(TableId.parse(t) for t in tables) or cfg.table_ids
+    except ValueError as exc:
+        raise ConfigError(f"--table: {exc}", hint="name a configured table as schema.table") from exc
+    unknown = [str(t) for t in wanted if t not in cfg.table_ids]
+    if unknown:
+        raise ConfigError(
+            f"--table {', '.join(unknown)}: not a configured table "
+            f"(configured: {', '.join(str(t) for t in cfg.table_ids)})",
+            hint="name tables listed in [[tables]] of the config",
+        )
+    failed = maintain_now(cfg, wanted, report=lambda _t, line: click.echo(line))
+    if failed:  # each table had its line; the first failure says what to fix
+        raise failed[0]
+    click.echo(f"maintain: {len(wanted)} table(s) maintained")
 
 
 @cli.command()

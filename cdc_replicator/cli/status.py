@@ -167,14 +167,24 @@ def _watermark_status(
 
 
 def _lake_fields(sink: DeltaSink, table: TableId, now: datetime) -> dict[str, Any]:
-    """What the Delta table says: rows, version (None: no table yet), when it was last written.
+    """What the Delta table says: rows, version (None: no table yet), when it was last written, its
+    live files and bytes, the bytes not vacuumed yet and its last maintenance.
 
     Raises ReplicatorError when the table cannot be read.
     """
     commit = sink.last_commit(table)
     rows = sink.row_count(table)
     when = None if commit is None else commit[1]
+    health = sink.lake_health(table)
+    maintained = None if health is None else health.last_maintenance
     return {
+        "files": None if health is None else health.files,
+        "bytes": None if health is None else health.bytes,
+        "unvacuumed_bytes": None if health is None else health.unvacuumed_bytes,
+        "last_maintenance": None if maintained is None else maintained.isoformat(),
+        "seconds_since_maintenance": None
+        if maintained is None
+        else round((now - maintained).total_seconds(), 1),
         "rows": rows,
         "delta_version": None if commit is None else commit[0],
         "last_commit": None if when is None else when.isoformat(),
@@ -246,10 +256,25 @@ def render_status(report: dict[str, Any]) -> str:
     if slot.get("lag_bytes") is not None:
         head += f", {_bytes(slot['lag_bytes'])} behind the server"
     lines.append(head)
-    cols = ("table", "mode", "state", "position", "lag", "rows", "last commit", "last verify", "last error")
+    cols = (
+        "table",
+        "mode",
+        "state",
+        "position",
+        "lag",
+        "rows",
+        "files",
+        "size",
+        "unvacuumed",
+        "last commit",
+        "maintained",
+        "last verify",
+        "last error",
+    )
     body = []
     for t in report["tables"]:
         since = t.get("seconds_since_commit")
+        maintained = t.get("seconds_since_maintenance")
         body.append(
             (
                 t["table"],
@@ -258,7 +283,11 @@ def render_status(report: dict[str, Any]) -> str:
                 t.get("position") or "-",
                 "-" if t.get("lag_bytes") is None else _bytes(t["lag_bytes"]),
                 "-" if t.get("rows") is None else f"{t['rows']:,}",
+                "-" if t.get("files") is None else str(t["files"]),
+                "-" if t.get("bytes") is None else _bytes(t["bytes"]),
+                "-" if t.get("unvacuumed_bytes") is None else _bytes(t["unvacuumed_bytes"]),
                 "-" if since is None else f"{_ago(since)} ago",
+                "-" if maintained is None else f"{_ago(maintained)} ago",
                 _verified(t.get("last_verify")),
                 (t.get("last_error") or "")[:80],
             )

@@ -175,6 +175,17 @@ class TableConfig:
         default=(),
         metadata=key(c.partition_list, "Partition the Delta table by these columns or year/month/day(c)."),
     )
+    # --- lake maintenance (issue 14, part "maint"): overrides of [maintenance]; 0 = the section's value
+    retention_hours: float = field(
+        default=0.0,
+        metadata=key(
+            c.nonnegative_float, "This table's removed-file and log retention; 0 = [maintenance]'s."
+        ),
+    )
+    interval_seconds: float = field(
+        default=0.0,
+        metadata=key(c.nonnegative_float, "Seconds between maintenance passes of it; 0 = [maintenance]'s."),
+    )
 
     __repr__ = redacted_repr
 
@@ -268,6 +279,41 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class MaintenanceConfig:
+    """Lake maintenance in the daemon (and ``cdc-replicator maintain``): compaction, checkpoints, vacuum.
+
+    ``retention_hours`` is set on every table as ``delta.deletedFileRetentionDuration`` and
+    ``delta.logRetentionDuration``, so that other writers (and their vacuums) agree with ours.
+    """
+
+    enabled: bool = field(default=True, metadata=key(c.boolean, "Run maintenance passes in the daemon."))
+    # each pass of a table costs a log read and a storage listing (vacuum): every 10 minutes keeps
+    # a busy table's small files and unvacuumed bytes bounded to ~10 minutes of batches, for
+    # a few LIST requests an hour on an object store
+    interval_seconds: float = field(
+        default=600.0, metadata=key(c.positive_float, "Seconds between maintenance passes of a table.")
+    )
+    retention_hours: float = field(
+        default=168.0,
+        metadata=key(c.positive_float, "How long removed files and log entries are kept (time travel)."),
+    )
+    compact_min_files: int = field(
+        default=8,
+        metadata=key(c.positive_int, "Compact when a table has more small files than this."),
+    )
+    zorder: bool = field(
+        default=False,
+        metadata=key(c.boolean, "Z-order compacted tables by their primary key (rewrites the table)."),
+    )
+    checkpoint_min_commits: int = field(
+        default=10,
+        metadata=key(c.positive_int, "Write a checkpoint when this many commits came since the last."),
+    )
+
+    __repr__ = redacted_repr
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class StateConfig:
     """The SQLAlchemy URL of the operational state store."""
 
@@ -336,6 +382,7 @@ class Config:
     log: LogConfig = LogConfig()
     watermark: WatermarkConfig = WatermarkConfig()
     verify: VerifyConfig = VerifyConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
 
     @property
     def table_ids(self) -> tuple[TableId, ...]:

@@ -20,6 +20,7 @@ from cdc_replicator.engine.backoff import SLOT_IN_USE_POLL_SECONDS, Backoff
 from cdc_replicator.engine.batching import Batcher, BatchLimits
 from cdc_replicator.engine.checkpoint import Checkpointer, Recorded, SlotState, StartKind, plan_start
 from cdc_replicator.engine.loader import LoadResult, ProgressSink
+from cdc_replicator.engine.maintain import Maintainer, settings_for
 from cdc_replicator.engine.observe import BatchReport, Observer
 from cdc_replicator.engine.polling import PollingLoop
 from cdc_replicator.engine.relations import SchemaFollower
@@ -87,6 +88,7 @@ class Replicator:
             target_file_size=config.target.target_file_size,
             toast_reader=self._source_rows,
             partitions=partitioning.partitions_of(config),
+            retention_hours={t: s.retention_hours for t, s in settings_for(config).items()},
         )
         self._state = StateStore(config.state.url)
         if metrics is not None:  # `verify` runs in its own process and leaves its results here
@@ -97,6 +99,17 @@ class Replicator:
         )
         self._backoff = Backoff()
         self._last_heard: Callable[[], float] | None = None  # the stream's, while one runs
+        self._maintainer: Maintainer | None = None
+        if config.maintenance.enabled:  # lake maintenance between each table's batches
+            health_ = self._health
+            self._maintainer = Maintainer(
+                self._sink,
+                settings_for(config),
+                health=health_,
+                metrics=metrics,
+                ready=lambda t: health_.table_states().get(t, (None,))[0] is TableState.STREAMING,
+                stop=self._stop,
+            )
 
     def close(self) -> None:
         self._source_rows.close()
@@ -119,6 +132,8 @@ class Replicator:
         backoff = self._backoff = Backoff(cap=src.retry_max_seconds, reset_after=src.retry_reset_seconds)
         watch = SlotWatch(self._cfg, self._health, self._metrics, self._stop, enabled=src.mode == "logical")
         watch.start()
+        if self._maintainer is not None:
+            self._maintainer.start()
         try:
             while not self._stop.is_set():
                 try:
@@ -149,6 +164,8 @@ class Replicator:
             raise
         finally:
             watch.stop()
+            if self._maintainer is not None:
+                self._maintainer.close()
             if self._health.phase is not Phase.FAILED:
                 self._health.set_phase(Phase.STOPPING)
 
@@ -230,6 +247,8 @@ class Replicator:
         ) as conn:
             schemas = checks.preflight(conn, self._tables, self._selections)
             partitioning.check_catalog(self._cfg, schemas)
+            if self._maintainer is not None and self._cfg.maintenance.zorder:
+                self._maintainer.zorder_by({t: s.key for t, s in schemas.items()})
             checks.ensure_publication(
                 conn, src.publication, self._tables, narrowed(schemas, self._selections)
             )

@@ -179,6 +179,39 @@ class Metrics:
             "cdc_snapshot_chunks_done", "Chunks of that load already in Delta.", ["table"], registry=r
         )
 
+        # ---- lake maintenance (set by each pass: engine.maintain) ------------------------------
+        self.lake_files = Gauge(
+            "cdc_lake_files", "Data files the table's current version references.", ["table"], registry=r
+        )
+        self.lake_bytes = Gauge(
+            "cdc_lake_bytes", "Bytes of the data files the current version references.", ["table"], registry=r
+        )
+        self.lake_unvacuumed_bytes = Gauge(
+            "cdc_lake_unvacuumed_bytes",
+            "Bytes on storage the current version no longer references (removed, within the retention); "
+            "local lakes only.",
+            ["table"],
+            registry=r,
+        )
+        self.maintenance_last = Gauge(
+            "cdc_maintenance_last_timestamp_seconds",
+            "When the table's last maintenance pass finished (Unix time).",
+            ["table"],
+            registry=r,
+        )
+        self.maintenance_duration = Gauge(
+            "cdc_maintenance_duration_seconds",
+            "How long the table's last maintenance pass took.",
+            ["table"],
+            registry=r,
+        )
+        self.maintenance_steps = Counter(
+            "cdc_maintenance_steps",
+            "Maintenance steps run, by step (properties, compact, zorder, checkpoint, vacuum) and outcome.",
+            ["table", "step", "outcome"],
+            registry=r,
+        )
+
         # ---- verify (its own process: read from the state store at scrape time) ----------------
         self.verify_last = Gauge(
             "cdc_verify_last_timestamp_seconds",

@@ -6,11 +6,14 @@ by ``sink.offsets`` in the same commit as the data, so data and position never d
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Concatenate, ParamSpec, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +33,7 @@ from cdc_replicator.model import (
     WatermarkPosition,
 )
 from cdc_replicator.sink import ApplyResult, ChunkWritten, ToastReader
+from cdc_replicator.sink.maintenance import LakeHealth, MaintenanceResult, lake_health, maintain_table
 from cdc_replicator.sink.merge import keys_present, merge, rows_at
 from cdc_replicator.sink.offsets import (
     app_id,
@@ -51,6 +55,7 @@ from cdc_replicator.sink.plan import (
     typed_columns,
 )
 from cdc_replicator.sink.storage import storage_error
+from cdc_replicator.sink.upkeep import MaintenanceSettings, retention_properties
 from cdc_replicator.types import arrow_type
 from cdc_replicator.types.partitions import PartitionColumn
 
@@ -59,6 +64,24 @@ __all__ = ["DeltaSink"]
 logger = logging.getLogger(__name__)
 
 _TS_UTC = pa.timestamp("us", tz="UTC")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_S = TypeVar("_S", TablePatch, TableSchema)
+
+
+def _one_writer(
+    method: Callable[Concatenate[DeltaSink, _S, _P], _R],
+) -> Callable[Concatenate[DeltaSink, _S, _P], _R]:
+    """Hold the table's writer lock while ``method`` writes it: maintenance takes the same lock."""
+
+    @functools.wraps(method)
+    def locked(self: DeltaSink, subject: _S, /, *args: _P.args, **kw: _P.kwargs) -> _R:
+        table = subject.schema.table if isinstance(subject, TablePatch) else subject.table
+        with self.writer_lock(table):
+            return method(self, subject, *args, **kw)
+
+    return locked
 
 
 class DeltaSink:
@@ -84,7 +107,11 @@ class DeltaSink:
         target_file_size: int | None = None,
         toast_reader: ToastReader | None = None,
         partitions: Mapping[TableId, Sequence[PartitionColumn]] | None = None,
+        retention_hours: Mapping[TableId, float] | None = None,
     ) -> None:
+        self._retention = dict(retention_hours or {})  # set as table properties at creation
+        self._locks: dict[TableId, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
         self._toast = toast_reader  # where unchanged TOAST values come from when Delta lost the row
         self._root = root if "://" in root else os.path.abspath(root)
         self._slot = slot
@@ -103,6 +130,11 @@ class DeltaSink:
 
     def app_id(self, table: TableId) -> str:
         return app_id(self._slot, table)
+
+    def writer_lock(self, table: TableId) -> threading.RLock:
+        """The table's one-writer lock in this process: held by every write and maintenance pass."""
+        with self._locks_guard:
+            return self._locks.setdefault(table, threading.RLock())
 
     def _props(self, table: TableId, pos: Position, extra: Mapping[str, str]) -> CommitProperties:
         return commit_properties(self.app_id(table), pos, extra)
@@ -148,6 +180,7 @@ class DeltaSink:
 
     # ---- chunked loads (cdc-replicator snapshot) --------------------------------------------
 
+    @_one_writer
     def begin_load(
         self, schema: TableSchema, *, fresh: bool, watermark: WatermarkPosition | None = None
     ) -> None:
@@ -179,6 +212,8 @@ class DeltaSink:
             ) or SinkError(f"cannot prepare the Delta table of {table} at {where}: {exc}") from exc
         self._tables.pop(table, None)
 
+    # not under the writer lock: chunks of one table are written side by side by a parallel load;
+    # maintenance skips a table that is not streaming, and an append never conflicts with it
     def load_chunk(
         self,
         schema: TableSchema,
@@ -286,6 +321,7 @@ class DeltaSink:
             pass
         return 0
 
+    @_one_writer
     def finish_load(self, schema: TableSchema, position: Lsn) -> None:
         """Record the load's position: from here on the table holds everything before it."""
         table = schema.table
@@ -334,7 +370,7 @@ class DeltaSink:
                 schema_mode="overwrite",
                 partition_by=self.partition_columns(table),  # [] un-partitions a re-synced table
                 storage_options=opts,
-                configuration=self._configuration(),
+                configuration=self._configuration(table),
                 commit_properties=props,
             )
         else:
@@ -374,13 +410,17 @@ class DeltaSink:
                 f"--config FILE snapshot --table {table} (or restore the old partition_by)",
             )
 
-    def _configuration(self) -> dict[str, str | None] | None:
+    def _configuration(self, table: TableId) -> dict[str, str | None] | None:
+        conf: dict[str, str | None] = {}
         if self._file_size:
-            return {"delta.targetFileSize": str(self._file_size)}
-        return None
+            conf["delta.targetFileSize"] = str(self._file_size)
+        if (hours := self._retention.get(table)) is not None:  # maintenance: other writers agree
+            conf.update(retention_properties(hours))
+        return conf or None
 
     # ---- streaming -----------------------------------------------------------------------
 
+    @_one_writer
     def apply(
         self,
         patch: TablePatch,
@@ -507,6 +547,7 @@ class DeltaSink:
     def _arrow_schema(dt: DeltaTable) -> pa.Schema:
         return pa.schema(dt.schema().to_arrow())
 
+    @_one_writer
     def evolve(self, schema: TableSchema) -> list[str]:
         """Let the Delta table hold rows of ``schema``: add its missing columns, widen grown types.
 
@@ -563,6 +604,39 @@ class DeltaSink:
             ) from exc
         self._tables.pop(table, None)
         return done
+
+    def maintain(
+        self, table: TableId, settings: MaintenanceSettings, *, checkpointed: int | None = None
+    ) -> MaintenanceResult | None:
+        """One maintenance pass over ``table`` between its writes (None: the table does not exist yet).
+
+        Holds the table's writer lock: the stream's next commit of the table waits for the pass.
+        """
+        with self.writer_lock(table):
+            try:
+                dt = DeltaTable(self.uri(table), storage_options=self._opts or None)
+            except TableNotFoundError:
+                return None
+            except (DeltaError, OSError) as exc:
+                where = self.uri(table)
+                raise storage_error(
+                    exc, context=f"cannot open the Delta table of {table}", path=where
+                ) or SinkError(f"cannot open the Delta table of {table} at {where}", retryable=True) from exc
+            app = self.app_id(table)
+            apps = (app, f"{app}#partial-lsn", f"{app}#partial-seq")
+            return maintain_table(
+                dt, table, settings, apps=apps, root=self.uri(table), checkpointed=checkpointed
+            )
+
+    def lake_health(self, table: TableId) -> LakeHealth | None:
+        """The table's live files and bytes, unvacuumed bytes, last maintenance (None: no table)."""
+        dt = self._open(table)
+        if dt is None:
+            return None
+        try:
+            return lake_health(dt, self.uri(table))
+        except (DeltaError, OSError) as exc:
+            raise SinkError(f"measuring the Delta table of {table} failed: {exc}", retryable=True) from exc
 
     def keys_in_range(self, schema: TableSchema, key_range: KeyRange) -> pa.Table:
         """The key columns of the table's rows in ``key_range`` (typed as Delta stores them)."""

@@ -86,6 +86,7 @@ def test_the_keys_are_read_from_the_declarations() -> None:
         "log",
         "watermark",
         "verify",
+        "maintenance",
     }
     assert "source.dsn" in paths and "tables.cursor" in paths and "target.storage_options" in paths
     assert len(paths) == len(set(paths))
