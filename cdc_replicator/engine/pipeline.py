@@ -85,6 +85,7 @@ class Replicator:
             soft_delete=[t.name for t in config.tables if t.soft_delete],
             target_file_size=config.target.target_file_size,
             toast_reader=self._source_rows,
+            change_data_feed=[t.name for t in config.tables if t.change_data_feed],
         )
         self._state = StateStore(config.state.url)
         if metrics is not None:  # `verify` runs in its own process and leaves its results here

@@ -30,6 +30,7 @@ from cdc_replicator.model import (
     WatermarkPosition,
 )
 from cdc_replicator.sink import ApplyResult, ChunkWritten, ToastReader
+from cdc_replicator.sink.feed import enable_feed, feed_enabled, feed_properties, note_feed_left_on
 from cdc_replicator.sink.merge import keys_present, merge, rows_at
 from cdc_replicator.sink.offsets import (
     app_id,
@@ -81,6 +82,7 @@ class DeltaSink:
         soft_delete: Iterable[TableId] = (),
         target_file_size: int | None = None,
         toast_reader: ToastReader | None = None,
+        change_data_feed: Iterable[TableId] | None = None,
     ) -> None:
         self._toast = toast_reader  # where unchanged TOAST values come from when Delta lost the row
         self._root = root if "://" in root else os.path.abspath(root)
@@ -89,6 +91,9 @@ class DeltaSink:
         self._soft = frozenset(soft_delete)
         self._file_size = target_file_size
         self._tables: dict[TableId, DeltaTable] = {}
+        # tables whose change data feed is on (sink.feed); None: leave the property alone (status, verify)
+        self._feed = None if change_data_feed is None else frozenset(change_data_feed)
+        self._feed_left_on: set[TableId] = set()  # said once per table
 
     # ---- addressing ----------------------------------------------------------------------
 
@@ -117,7 +122,26 @@ class DeltaSink:
                 exc, context=f"cannot open the Delta table of {table}", path=where
             ) or SinkError(f"cannot open the Delta table of {table} at {where}", retryable=True) from exc
         self._tables[table] = dt
+        self._check_feed(table, dt)
         return dt
+
+    def _check_feed(self, table: TableId, dt: DeltaTable) -> None:
+        """Switch the change data feed on where the config asks and the table lacks it (once per open)."""
+        if self._feed is None:
+            return
+        wanted, has = table in self._feed, feed_enabled(dt)
+        if wanted and not has:
+            try:
+                enable_feed(dt, table)
+            except (DeltaError, OSError) as exc:
+                self._tables.pop(table, None)
+                context = f"enabling the change data feed of {table} failed"
+                raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+                    f"{context}: {exc}", retryable=True
+                ) from exc
+        elif has and not wanted and table not in self._feed_left_on:
+            self._feed_left_on.add(table)
+            note_feed_left_on(table)
 
     # ---- positions -----------------------------------------------------------------------
 
@@ -318,7 +342,7 @@ class DeltaSink:
                 mode="overwrite",
                 schema_mode="overwrite",
                 storage_options=opts,
-                configuration=self._configuration(),
+                configuration=self._configuration(table),
                 commit_properties=props,
             )
         else:
@@ -332,10 +356,13 @@ class DeltaSink:
                 commit_properties=props,
             )
 
-    def _configuration(self) -> dict[str, str | None] | None:
+    def _configuration(self, table: TableId) -> dict[str, str | None] | None:
+        """Table properties of a new table (delta-rs applies them only when it creates the table)."""
+        conf: dict[str, str | None] = {}
         if self._file_size:
-            return {"delta.targetFileSize": str(self._file_size)}
-        return None
+            conf["delta.targetFileSize"] = str(self._file_size)
+        conf.update(feed_properties(self._feed is not None and table in self._feed))
+        return conf or None
 
     # ---- streaming -----------------------------------------------------------------------
 
