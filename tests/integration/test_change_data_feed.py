@@ -19,6 +19,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError
 
 from tests.support.daemon import Daemon, run_cli, wait_converged, write_config
+from tests.support.kernel_reader import duckdb_rows
 from tests.support.lake import table_path
 from tests.support.pg import PgDatabase, versions_from_env
 from tests.support.wait import wait_until
@@ -228,3 +229,14 @@ def test_the_change_data_feed_holds_each_insert_update_delete_and_truncate_as_ap
     changes_since(tmp_lake, LATE, start, [("update_preimage", 1, "p"), ("update_postimage", 1, "q")])
     assert _table(tmp_lake, SOFT).metadata().configuration.get("delta.enableChangeDataFeed") == "true"
     assert daemon.stop() == 0
+
+    # a table with a feed is read by DuckDB's delta extension as by delta-rs
+    for t in tables:
+        data = _table(tmp_lake, t).to_pyarrow_table(columns=["id", "v", "_cdc_lsn"]).sort_by("id")
+        want = [
+            (r["id"], r["v"], r["_cdc_lsn"])
+            for r in data.cast(
+                pa.schema([("id", pa.int32()), ("v", pa.string()), ("_cdc_lsn", pa.int64())])
+            ).to_pylist()
+        ]
+        assert duckdb_rows(table_path(tmp_lake, t), "id, v, _cdc_lsn", "id") == want, t
