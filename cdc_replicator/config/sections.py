@@ -186,6 +186,11 @@ class TableConfig:
         default=0.0,
         metadata=key(c.nonnegative_float, "Seconds between maintenance passes of it; 0 = [maintenance]'s."),
     )
+    # -- issue 14, change data feed (cdf): the table's delta.enableChangeDataFeed --
+    change_data_feed: bool = field(
+        default=False,
+        metadata=key(c.boolean, "Write the Delta change data feed of this table (enableChangeDataFeed)."),
+    )
 
     __repr__ = redacted_repr
 

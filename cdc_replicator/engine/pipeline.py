@@ -89,6 +89,7 @@ class Replicator:
             toast_reader=self._source_rows,
             partitions=partitioning.partitions_of(config),
             retention_hours={t: s.retention_hours for t, s in settings_for(config).items()},
+            change_data_feed=[t.name for t in config.tables if t.change_data_feed],
         )
         self._state = StateStore(config.state.url)
         if metrics is not None:  # `verify` runs in its own process and leaves its results here

@@ -33,6 +33,7 @@ from cdc_replicator.model import (
     WatermarkPosition,
 )
 from cdc_replicator.sink import ApplyResult, ChunkWritten, ToastReader
+from cdc_replicator.sink.feed import enable_feed, feed_enabled, feed_properties, note_feed_left_on
 from cdc_replicator.sink.maintenance import LakeHealth, MaintenanceResult, lake_health, maintain_table
 from cdc_replicator.sink.merge import keys_present, merge, rows_at
 from cdc_replicator.sink.offsets import (
@@ -108,6 +109,7 @@ class DeltaSink:
         toast_reader: ToastReader | None = None,
         partitions: Mapping[TableId, Sequence[PartitionColumn]] | None = None,
         retention_hours: Mapping[TableId, float] | None = None,
+        change_data_feed: Iterable[TableId] | None = None,
     ) -> None:
         self._retention = dict(retention_hours or {})  # set as table properties at creation
         self._locks: dict[TableId, threading.RLock] = {}
@@ -121,6 +123,9 @@ class DeltaSink:
         self._tables: dict[TableId, DeltaTable] = {}
         # partition_by per table (README "Partitioning"); a table not named is not partitioned
         self._parts = {t: tuple(p) for t, p in (partitions or {}).items() if p}
+        # tables whose change data feed is on (sink.feed); None: leave the property alone (status, verify)
+        self._feed = None if change_data_feed is None else frozenset(change_data_feed)
+        self._feed_left_on: set[TableId] = set()  # said once per table
 
     # ---- addressing ----------------------------------------------------------------------
 
@@ -154,7 +159,26 @@ class DeltaSink:
                 exc, context=f"cannot open the Delta table of {table}", path=where
             ) or SinkError(f"cannot open the Delta table of {table} at {where}", retryable=True) from exc
         self._tables[table] = dt
+        self._check_feed(table, dt)
         return dt
+
+    def _check_feed(self, table: TableId, dt: DeltaTable) -> None:
+        """Switch the change data feed on where the config asks and the table lacks it (once per open)."""
+        if self._feed is None:
+            return
+        wanted, has = table in self._feed, feed_enabled(dt)
+        if wanted and not has:
+            try:
+                enable_feed(dt, table)
+            except (DeltaError, OSError) as exc:
+                self._tables.pop(table, None)
+                context = f"enabling the change data feed of {table} failed"
+                raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+                    f"{context}: {exc}", retryable=True
+                ) from exc
+        elif has and not wanted and table not in self._feed_left_on:
+            self._feed_left_on.add(table)
+            note_feed_left_on(table)
 
     # ---- positions -----------------------------------------------------------------------
 
@@ -416,6 +440,7 @@ class DeltaSink:
             conf["delta.targetFileSize"] = str(self._file_size)
         if (hours := self._retention.get(table)) is not None:  # maintenance: other writers agree
             conf.update(retention_properties(hours))
+        conf.update(feed_properties(self._feed is not None and table in self._feed))
         return conf or None
 
     # ---- streaming -----------------------------------------------------------------------

@@ -52,8 +52,10 @@ def test_kills_cuts_and_a_server_crash_under_load_lose_and_double_no_row(tmp_pat
 
 
 def test_the_soaks_comparison_counts_a_lost_an_extra_a_duplicated_and_a_differing_row(
-    pg: PgDatabase, tmp_lake: Path
+    db15: PgDatabase, tmp_lake: Path
 ) -> None:
+    """The comparison reads both sides with plain SQL and Arrow: one server version (the package's) is enough."""
+    pg = db15
     pg.execute("create table chaos_marker (id int primary key, n bigint not null)")
     pg.execute("insert into chaos_marker values (1, 10), (2, 20), (3, 30), (5, 50)")
     rows = [(1, 10), (1, 10), (2, 21), (4, 40), (5, 50)]  # 1 twice, 2 altered, 3 missing, 4 extra

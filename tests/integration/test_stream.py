@@ -10,7 +10,7 @@ from deltalake import DeltaTable
 
 from tests.support.daemon import Daemon, wait_converged, write_config
 from tests.support.lake import table_path
-from tests.support.pg import PgDatabase
+from tests.support.pg import PgDatabase, versions_from_env
 from tests.support.wait import wait_until
 from tests.support.workload import TABLES, Workload, create_schema
 
@@ -29,11 +29,21 @@ def _slot_confirmed(pg: PgDatabase, slot: str) -> str:
     return str(rows[0][0]) if rows else ""
 
 
-@pytest.mark.parametrize(
-    ("streaming", "reader"),
-    [(False, "process"), (True, "process"), (False, "thread"), (True, "thread")],
-    ids=["proto1", "proto2-streaming", "proto1-reader-thread", "proto2-streaming-reader-thread"],
-)
+# Where the reader runs (a process or a thread of the daemon) is the daemon's choice and does not
+# depend on the server: those two variants run on the newest version only, the protocols on all.
+_NEWEST = versions_from_env()[-1]
+_VARIANTS = [
+    *(
+        pytest.param(streaming, "process", v, id=f"{name}-pg{v}")
+        for v in versions_from_env()
+        for streaming, name in ((False, "proto1"), (True, "proto2-streaming"))
+    ),
+    pytest.param(False, "thread", _NEWEST, id=f"proto1-reader-thread-pg{_NEWEST}"),
+    pytest.param(True, "thread", _NEWEST, id=f"proto2-streaming-reader-thread-pg{_NEWEST}"),
+]
+
+
+@pytest.mark.parametrize(("streaming", "reader", "pg_binaries"), _VARIANTS, indirect=["pg_binaries"])
 def test_randomized_workload_converges_row_for_row(
     pg: PgDatabase, tmp_path: Path, tmp_lake: Path, daemon: Daemon, streaming: bool, reader: str
 ) -> None:

@@ -27,6 +27,7 @@ from psycopg import sql
 from cdc_replicator.source.replication import SESSION_OPTIONS
 from cdc_replicator.types import TYPES
 from tests.support.daemon import Daemon, wait_converged, write_config
+from tests.support.kernel_reader import duckdb_rows
 from tests.support.lake import table_path
 from tests.support.pg import PgDatabase
 from tests.support.wait import wait_until
@@ -344,6 +345,36 @@ def assert_all_null_composites_kept(pg: PgDatabase, lake: Path) -> None:
     assert {i: got.get(i) for i in ids} == dict.fromkeys(ids, "(,)")
 
 
+def assert_duckdb_reads_what_delta_rs_reads(lake: Path, cases: Sequence[Case]) -> None:
+    """DuckDB's delta extension (delta-kernel-rs) reads every value as delta-rs does, and the table is at
+    the protocol the README's "Delta protocol and readers" gives: (3, 7) with timestampNtz only."""
+    path = table_path(lake, T)
+    p = DeltaTable(str(path)).protocol()
+    assert (p.min_reader_version, p.min_writer_version) == (3, 7)
+    assert (p.reader_features, p.writer_features) == (["timestampNtz"], ["timestampNtz"])
+    _, want = delta_values(lake, cases)  # timestamps as microseconds (DuckDB's tz datetimes need pytz)
+    cols = ", ".join(
+        ["id"]
+        + [
+            f"epoch_us({c.column})"
+            if pa.types.is_timestamp(c.delta)
+            else f"{c.column}::date - date '1970-01-01'"
+            if pa.types.is_date32(c.delta)
+            else c.column
+            for c in cases
+        ]
+    )
+    got = duckdb_rows(path, cols, "id")
+    assert [r[0] for r in got] == [r[0] for r in want]
+    wrong = [
+        f"id {w[0]} {c.column}: duckdb {_short(g[i])}, delta-rs {_short(w[i])}"
+        for g, w in zip(got, want, strict=True)
+        for i, c in enumerate(cases, start=1)
+        if not _same(g[i], w[i])
+    ]
+    assert not wrong, wrong[:20]
+
+
 def wait_equal(pg: PgDatabase, lake: Path, cases: Sequence[Case], daemon: Daemon) -> None:
     last: list[str] = ["no Delta table yet"]
 
@@ -428,6 +459,7 @@ def test_every_type_arrives_exactly_through_the_snapshot_and_the_stream(
     pg.execute("delete from every_type where id = 1003")
     wait_equal(pg, tmp_lake, cases, daemon)
     assert_all_null_composites_kept(pg, tmp_lake)
+    assert_duckdb_reads_what_delta_rs_reads(tmp_lake, cases)
 
     log = daemon.output(last=10_000)
     assert "NaN value(s) stored as NULL" in log  # numeric NaN in a decimal column is said, not silent
