@@ -13,6 +13,7 @@ stream's commits also take (``DeltaSink.maintain``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from cdc_replicator.sink.upkeep import (
     Step,
     TableLayout,
     plan_pass,
+    retention_differs,
     retention_properties,
 )
 
@@ -140,6 +142,21 @@ def unvacuumed_bytes(dt: DeltaTable, root: str) -> int | None:
     return total
 
 
+_KEPT_PROPERTIES: set[str] = set()  # tables whose properties a pass leaves alone, said once each
+
+
+def _vacuum_hours(dt: DeltaTable, settings: MaintenanceSettings) -> int | None:
+    """The retention a vacuum applies: the table's property where the pass set it (None), else the
+    configured hours rounded up (delta-rs takes whole hours; never earlier than asked).
+
+    A table at reader version 3 keeps its own properties (``TableLayout.table_features``).
+    """
+    have = dict(dt.metadata().configuration)
+    if all(have.get(k) == v for k, v in retention_properties(settings.retention_hours)):
+        return None
+    return math.ceil(settings.retention_hours)
+
+
 def _txns(dt: DeltaTable, apps: tuple[str, ...]) -> tuple[int | None, ...]:
     return tuple(dt.transaction_version(a) for a in apps)
 
@@ -167,6 +184,7 @@ def maintain_table(
             dt.version(),
             tuple(sorted(dt.metadata().configuration.items())),
             checkpointed,
+            table_features=dt.protocol().min_reader_version >= 3,
         )
         held = _txns(dt, apps)
         wm = read_watermark(dt, apps[0]) if apps else None
@@ -177,6 +195,17 @@ def maintain_table(
             step="read",
             hint="check the table with cdc-replicator verify; retried next interval",
         ) from exc
+    if layout.table_features and retention_differs(layout, settings) and root not in _KEPT_PROPERTIES:
+        _KEPT_PROPERTIES.add(root)
+        logger.warning(
+            "retention properties not set: %s is at Delta reader version 3 (table features), where "
+            "delta-rs would also add the reader feature variantType, which Delta readers before 4.0 "
+            "refuse; vacuum applies retention_hours=%s itself, expired log entries follow the table's "
+            "own delta.logRetentionDuration (set it, and delta.deletedFileRetentionDuration, with a "
+            "Delta engine that keeps the protocol, e.g. Spark's ALTER TABLE ... SET TBLPROPERTIES)",
+            table,
+            settings.retention_hours,
+        )
     steps = plan_pass(layout, settings)
     meta = {_OP: "maintenance"}
     if wm is not None:  # keep the newest watermark in the recent history (see the module doc)
@@ -241,5 +270,12 @@ def _run(dt: DeltaTable, step: Step, settings: MaintenanceSettings, meta: dict[s
         # holding them, so a log-only vacuum never deletes the files they removed (seen in the
         # soak test: 52 such files). The retention (delta.deletedFileRetentionDuration, ours since
         # the properties step) applies to each file's modification time.
-        return len(dt.vacuum(dry_run=False, full=True, commit_properties=props))
+        removed = dt.vacuum(
+            retention_hours=_vacuum_hours(dt, settings),
+            dry_run=False,
+            enforce_retention_duration=False,
+            full=True,
+            commit_properties=props,
+        )
+        return len(removed)
     return 0

@@ -1,7 +1,7 @@
 """Decide what a maintenance pass of one Delta table does, and when a table is due. Pure: no I/O.
 
 A pass is a fixed order of steps, each decided from the table's layout: set the retention
-properties (when they differ), compact (or z-order) when there are too many small files, write a
+properties (when they differ, and only where that keeps the table's protocol), compact (or z-order) when there are too many small files, write a
 checkpoint (and drop expired log entries) when enough commits came since the last one, vacuum.
 ``sink.maintenance`` carries the steps out.
 """
@@ -9,7 +9,7 @@ checkpoint (and drop expired log entries) when enough commits came since the las
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -22,6 +22,7 @@ __all__ = [
     "TableLayout",
     "due",
     "plan_pass",
+    "retention_differs",
     "retention_interval",
     "retention_properties",
     "small_files",
@@ -62,12 +63,17 @@ class TableLayout:
     """What a pass decides on: the live files' sizes, the version, the table's properties.
 
     ``checkpointed``: the version of the last checkpoint this process wrote (None: none known).
+    ``table_features``: the table is at reader version 3 (table features, e.g. ``timestampNtz``).
+    There delta-rs 1.6.6's ``alter.set_table_properties`` also lists the reader feature
+    ``variantType`` (and ``appendOnly``, ``invariants``) — whatever the property — and readers
+    without it (Delta < 4.0) refuse the table, so a pass never sets properties on such a table.
     """
 
     file_sizes: tuple[int, ...]
     version: int
     properties: tuple[tuple[str, str], ...]
     checkpointed: int | None = None
+    table_features: bool = False
 
 
 def retention_interval(hours: float) -> str:
@@ -91,14 +97,16 @@ def small_files(file_sizes: Sequence[int], target_file_size: int) -> int:
     return sum(1 for size in file_sizes if size < target_file_size // 2)
 
 
-def _differs(have: Mapping[str, str], want: Sequence[tuple[str, str]]) -> bool:
-    return any(have.get(k) != v for k, v in want)
+def retention_differs(layout: TableLayout, settings: MaintenanceSettings) -> bool:
+    """The table's retention properties are not the configured ones."""
+    have = dict(layout.properties)
+    return any(have.get(k) != v for k, v in retention_properties(settings.retention_hours))
 
 
 def plan_pass(layout: TableLayout, settings: MaintenanceSettings) -> tuple[Step, ...]:
     """The steps of one pass over a table with ``layout``, in order; vacuum always runs."""
     steps: list[Step] = []
-    if _differs(dict(layout.properties), retention_properties(settings.retention_hours)):
+    if retention_differs(layout, settings) and not layout.table_features:
         steps.append(Step.PROPERTIES)
     if small_files(layout.file_sizes, settings.target_file_size) > settings.compact_min_files:
         steps.append(Step.ZORDER if settings.zorder_columns else Step.COMPACT)

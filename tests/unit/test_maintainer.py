@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from cdc_replicator.engine.maintain import Maintainer
@@ -94,3 +96,26 @@ def test_a_table_not_created_yet_is_looked_at_again_soon(tmp_path: Path) -> None
 
     assert m.run_pass(TABLE) is None
     assert m._last[TABLE] is None
+
+
+def test_a_pass_keeps_a_table_features_protocol_and_vacuums_by_the_configured_retention(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    uri = str(tmp_path / "public" / "t")
+    ts = pa.array([datetime(2026, 1, 1)] * 1, pa.timestamp("us"))  # timestamp: (3, 7), timestampNtz
+    for i in range(4):
+        write_deltalake(uri, pa.table({"id": [i], "ts": ts}), mode="append")
+    before = DeltaTable(uri).protocol()
+    m = _maintainer(tmp_path, retention_hours=0.0)
+
+    first = m.run_pass(TABLE)  # compacts 4 files into 1
+    second = m.run_pass(TABLE)  # the 4 removed files are past a retention of 0 hours
+
+    dt = DeltaTable(uri)
+    assert (dt.protocol().min_reader_version, dt.protocol().reader_features) == (3, before.reader_features)
+    assert dt.protocol().writer_features == before.writer_features  # no variantType, appendOnly, ...
+    assert "delta.logRetentionDuration" not in dt.metadata().configuration
+    assert first is not None and Step.PROPERTIES not in first.steps and Step.COMPACT in first.steps
+    assert second is not None and second.vacuumed_files == 4
+    assert "retention properties not set" in caplog.text
+    assert sorted(dt.to_pyarrow_table().column("id").to_pylist()) == [0, 1, 2, 3]

@@ -158,3 +158,11 @@ def test_an_env_variable_overrides_a_tables_retention(tmp_path: Path) -> None:
     cfg = load_config(path, env={"CDC_REPLICATOR_TABLES__0__RETENTION_HOURS": "0.25"})
 
     assert settings_for(cfg)[TableId("public", "a")].retention_hours == 0.25
+
+
+def test_a_table_at_reader_version_3_never_gets_its_properties_set_by_a_pass() -> None:
+    # delta-rs 1.6.6 would also add the reader feature variantType (Delta < 4.0 refuses the table)
+    features = TableLayout((MIB,), 50, (), 45, table_features=True)
+
+    assert plan_pass(features, SETTINGS) == (Step.VACUUM,)
+    assert plan_pass(layout([MIB], props=()), SETTINGS) == (Step.PROPERTIES, Step.VACUUM)
