@@ -189,6 +189,7 @@ class Batcher:
         self._schemas = dict(schemas)
         self._positions = dict(positions or {})
         self._clock = clock
+        self._busy: Callable[[], bool] = _never  # the previous batch is still being applied
         self._buffers: dict[TableId, _TableBuffer] = {}
         self._rows = 0
         self._bytes = 0
@@ -399,7 +400,20 @@ class Batcher:
         return self._rows >= self._limits.max_rows or self._bytes >= self._limits.max_bytes
 
     def _expired(self) -> bool:
-        return self._opened_at is not None and self._clock() - self._opened_at >= self._seconds
+        if self._opened_at is None or self._clock() - self._opened_at < self._seconds:
+            return False
+        return not self._busy()  # due, but the previous batch still merges: keep reading into it
+
+    def hold_while(self, busy: Callable[[], bool]) -> None:
+        """A batch due on time stays open while ``busy()`` (the previous batch is still applied).
+
+        Closing it could not start its merge any sooner (one batch in flight), and a closed batch
+        stops the reading; kept open it takes the changes that arrive meanwhile, so one merge
+        does the work of several (a copy-on-write merge costs about the same whatever its size)
+        and the lag is the merge time, not a queue of closed batches. Rows and bytes limits
+        still close it: memory stays bounded.
+        """
+        self._busy = busy
 
     def adapt(self, apply_seconds: float) -> None:
         """Let the time limit follow what applying a batch costs.
@@ -432,6 +446,10 @@ class Batcher:
         self._end = None
         self._txns = 0
         return batch
+
+
+def _never() -> bool:
+    return False
 
 
 def _size(values: tuple[Value, ...]) -> int:

@@ -76,6 +76,7 @@ class StreamLoop:
         self._resync = resync
         self._paused = checkpointer.pauses  # a read-only view: the checkpointer owns the pauses
         self._txn_commit = Lsn.ZERO  # commit LSN of the transaction being received
+        batcher.hold_while(lambda: applier.busy)  # a due batch takes changes while the last one merges
 
     def run(self) -> Lsn:
         try:

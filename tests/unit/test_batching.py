@@ -164,6 +164,32 @@ def test_the_time_limit_follows_the_cost_of_applying_the_last_batch_within_its_b
     assert only(feed(b, txn(900, insert(ORDERS, b"9", b"1", None)))).transactions == 3
 
 
+def test_a_batch_due_on_time_stays_open_while_the_previous_one_is_still_applied() -> None:
+    clock = FakeClock()
+    b = batcher(BatchLimits(max_rows=4, max_bytes=1 << 30, max_seconds=5), clock=clock)
+    merging = [True]
+    b.hold_while(lambda: merging[0])
+    feed(b, txn(100, insert(ORDERS, b"1", b"1", None)))
+    clock.advance(60)
+
+    assert feed(b, txn(200, insert(ORDERS, b"2", b"1", None))) == []  # due, but nothing could merge it
+    assert b.poll() is None
+    merging[0] = False
+    batch = b.poll()  # the previous batch committed: the due batch goes at once
+
+    assert batch is not None and batch.transactions == 2
+
+
+def test_a_full_batch_closes_even_while_the_previous_one_is_still_applied() -> None:
+    b = batcher(BatchLimits(max_rows=2, max_bytes=1 << 30, max_seconds=5))
+    b.hold_while(lambda: True)  # memory stays bounded: the loop waits for the merge instead
+
+    assert feed(b, txn(100, insert(ORDERS, b"1", b"1", None))) == []
+    batch = only(feed(b, txn(200, insert(ORDERS, b"2", b"1", None))))
+
+    assert batch.tables[ORDERS].rows.num_rows == 2
+
+
 def test_the_time_limit_never_closes_a_batch_inside_a_transaction() -> None:
     clock = FakeClock()
     b = batcher(BatchLimits(max_rows=1_000, max_bytes=1 << 30, max_seconds=5), clock=clock)
