@@ -169,6 +169,13 @@ class TableConfig:
         default=0,
         metadata=key(c.nonnegative_int, "Watermark mode: this table's page size; 0 = [watermark]'s."),
     )
+    # -- write amplification (issue 14, amp): a merge rewrites each file holding a changed key, so a
+    # table updated in a hot key range writes about one file per merge: smaller files, fewer bytes
+    # (bench/merge_layout.py). Becomes the table's delta.targetFileSize from its next load or merge.
+    target_file_size: int = field(
+        default=0,
+        metadata=key(c.nonnegative_int, "This table's target data file size in bytes; 0 = [target]'s."),
+    )
 
     __repr__ = redacted_repr
 

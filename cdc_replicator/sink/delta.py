@@ -80,6 +80,7 @@ class DeltaSink:
         storage_options: Mapping[str, str] | None = None,
         soft_delete: Iterable[TableId] = (),
         target_file_size: int | None = None,
+        file_sizes: Mapping[TableId, int] | None = None,
         toast_reader: ToastReader | None = None,
     ) -> None:
         self._toast = toast_reader  # where unchanged TOAST values come from when Delta lost the row
@@ -88,6 +89,8 @@ class DeltaSink:
         self._opts = dict(storage_options or {})
         self._soft = frozenset(soft_delete)
         self._file_size = target_file_size
+        self._file_sizes = {t: n for t, n in (file_sizes or {}).items() if n}  # per-table overrides
+        self._sized: set[TableId] = set()  # tables whose delta.targetFileSize was checked
         self._tables: dict[TableId, DeltaTable] = {}
 
     # ---- addressing ----------------------------------------------------------------------
@@ -249,7 +252,7 @@ class DeltaSink:
                 props,
                 mode="append" if append else "overwrite",
                 predicate=predicate,
-                file_size=self._file_size,
+                file_size=self._target_size(table),
             )
         except (DeltaError, OSError) as exc:
             if source_failed:  # reading failed, not writing: the source's error says what to do
@@ -318,7 +321,7 @@ class DeltaSink:
                 mode="overwrite",
                 schema_mode="overwrite",
                 storage_options=opts,
-                configuration=self._configuration(),
+                configuration=self._configuration(table),
                 commit_properties=props,
             )
         else:
@@ -332,10 +335,37 @@ class DeltaSink:
                 commit_properties=props,
             )
 
-    def _configuration(self) -> dict[str, str | None] | None:
-        if self._file_size:
-            return {"delta.targetFileSize": str(self._file_size)}
+    def _configuration(self, table: TableId) -> dict[str, str | None] | None:
+        size = self._target_size(table)
+        if size:
+            return {"delta.targetFileSize": str(size)}
         return None
+
+    def _target_size(self, table: TableId) -> int | None:
+        """The table's data file size: its ``[[tables]]`` override, else ``[target]``'s (None: delta-rs')."""
+        return self._file_sizes.get(table, self._file_size)
+
+    def _follow_file_size(self, table: TableId, dt: DeltaTable) -> None:
+        """Once per process, set the table's ``delta.targetFileSize`` to the configured size if it
+        differs: a merge takes its output file size from the table, not from a parameter."""
+        if table in self._sized:
+            return
+        want = self._target_size(table)
+        if want and dt.metadata().configuration.get("delta.targetFileSize") != str(want):
+            try:
+                dt.alter.set_table_properties(
+                    {"delta.targetFileSize": str(want)},
+                    commit_properties=CommitProperties(custom_metadata={"cdc.op": "file-size"}),
+                )
+                dt.update_incremental()
+            except (DeltaError, OSError) as exc:
+                self._tables.pop(table, None)
+                context = f"setting the target file size of {table} failed"
+                raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+                    f"{context}: {exc}", retryable=True
+                ) from exc
+            logger.info("target file size set table=%s bytes=%d", table, want)
+        self._sized.add(table)
 
     # ---- streaming -----------------------------------------------------------------------
 
@@ -364,6 +394,7 @@ class DeltaSink:
                 return None
             if held is not None and held.lsn > position.lsn:
                 position = TablePosition(held.lsn, position.partial)  # never move a position backwards
+        self._follow_file_size(table, dt)  # before ``before`` below: a no-op merge is told by the version
         soft = table in self._soft
         old_keys = moved_keys(patch)
         moved_rows = None if old_keys is None or patch.truncate else rows_at(dt, patch.schema, old_keys)
@@ -496,7 +527,7 @@ class DeltaSink:
                     mode="overwrite",
                     schema_mode="overwrite",
                     storage_options=self._opts or None,
-                    target_file_size=self._file_size,
+                    target_file_size=self._target_size(table),
                     commit_properties=CommitProperties(custom_metadata={"cdc.op": "evolve-widen"}),
                 )
                 done += [f"widened {n} to {f.type}" for n, f in wider.items()]
