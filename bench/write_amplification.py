@@ -603,8 +603,12 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s of the pgbench scenario")
     p.add_argument("--rows", type=int, default=10_000_000, help="rows of the big table")
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
-    p.add_argument("--file-size", type=int, default=None, help="[target] target_file_size (default: the daemon's)")
-    p.add_argument("--max-seconds", type=float, default=None, help="[batch] max_seconds (default: the daemon's)")
+    p.add_argument(
+        "--file-size", type=int, default=None, help="[target] target_file_size (default: the daemon's)"
+    )
+    p.add_argument(
+        "--max-seconds", type=float, default=None, help="[batch] max_seconds (default: the daemon's)"
+    )
     p.add_argument("--rss-every", type=float, default=5.0, help="seconds between RSS samples")
     p.add_argument("--pg", type=int, default=15)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
