@@ -352,6 +352,21 @@ class DeltaSink:
             return
         want = self._target_size(table)
         if want and dt.metadata().configuration.get("delta.targetFileSize") != str(want):
+            if dt.protocol().min_reader_version >= 3:
+                # delta-rs 1.6.6's set_table_properties would add the reader feature variantType
+                # to a table-features table, which Delta readers before 4.0 refuse
+                logger.warning(
+                    "target file size not changed: %s is at Delta reader version 3 (table features), "
+                    "where changing a property would make it unreadable to older Delta readers; "
+                    "re-sync the table to write it with the new size (cdc-replicator --config FILE "
+                    "snapshot --table %s) table=%s bytes=%d",
+                    table,
+                    table,
+                    table,
+                    want,
+                )
+                self._sized.add(table)
+                return
             try:
                 dt.alter.set_table_properties(
                     {"delta.targetFileSize": str(want)},

@@ -71,3 +71,23 @@ def test_an_existing_table_follows_a_changed_size_from_its_next_merge_which_stil
     version = DeltaTable(sink.uri(HOT)).version()
     sink.apply(second.tables[HOT], second.position, batch_id=second.batch_id)
     assert DeltaTable(sink.uri(HOT)).version() == version + 1  # checked once: no property commit again
+
+
+def test_a_table_at_reader_version_3_keeps_its_size_and_protocol_rather_than_gain_a_reader_feature(
+    tmp_path: Path,
+) -> None:
+    # a timestamp without time zone makes the table use table features (timestampNtz): reader 3
+    naive = schema(HOT, ("id", INT8), ("at", 1114))
+    before = DeltaSink(str(tmp_path), slot="s", target_file_size=16 * MIB)
+    before.begin_load(naive, fresh=True)
+    before.finish_load(naive, Lsn(50))
+    protocol = DeltaTable(before.uri(HOT)).protocol()
+    assert protocol.min_reader_version == 3
+    sink = DeltaSink(str(tmp_path), slot="s", target_file_size=16 * MIB, file_sizes={HOT: 2 * MIB})
+    (batch,) = batches_of(naive, txn(100, insert(HOT, b"1", b"2024-05-01 12:00:00")))
+
+    sink.apply(batch.tables[HOT], batch.position, batch_id=batch.batch_id)
+
+    assert file_size_of(sink, HOT) == str(16 * MIB)
+    assert DeltaTable(sink.uri(HOT)).protocol() == protocol  # no reader feature added
+    assert sink.position(HOT) == batch.position
