@@ -191,6 +191,13 @@ class TableConfig:
         default=False,
         metadata=key(c.boolean, "Write the Delta change data feed of this table (enableChangeDataFeed)."),
     )
+    # -- write amplification (issue 14, amp): a merge rewrites each file holding a changed key, so a
+    # table updated in a hot key range writes about one file per merge: smaller files, fewer bytes
+    # (bench/merge_layout.py). Becomes the table's delta.targetFileSize from its next load or merge.
+    target_file_size: int = field(
+        default=0,
+        metadata=key(c.nonnegative_int, "This table's target data file size in bytes; 0 = [target]'s."),
+    )
 
     __repr__ = redacted_repr
 

@@ -42,7 +42,7 @@ def settings_for(cfg: Config) -> dict[TableId, MaintenanceSettings]:
         t.name: MaintenanceSettings(
             retention_hours=t.retention_hours or m.retention_hours,
             interval_seconds=t.interval_seconds or m.interval_seconds,
-            target_file_size=cfg.target.target_file_size,
+            target_file_size=t.target_file_size or cfg.target.target_file_size,
             compact_min_files=m.compact_min_files,
             checkpoint_min_commits=m.checkpoint_min_commits,
         )

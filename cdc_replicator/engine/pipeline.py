@@ -86,6 +86,7 @@ class Replicator:
             storage_options=dict(config.target.storage_options),
             soft_delete=[t.name for t in config.tables if t.soft_delete],
             target_file_size=config.target.target_file_size,
+            file_sizes={t.name: t.target_file_size for t in config.tables if t.target_file_size},
             toast_reader=self._source_rows,
             partitions=partitioning.partitions_of(config),
             retention_hours={t: s.retention_hours for t, s in settings_for(config).items()},

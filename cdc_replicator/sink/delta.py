@@ -106,6 +106,7 @@ class DeltaSink:
         storage_options: Mapping[str, str] | None = None,
         soft_delete: Iterable[TableId] = (),
         target_file_size: int | None = None,
+        file_sizes: Mapping[TableId, int] | None = None,
         toast_reader: ToastReader | None = None,
         partitions: Mapping[TableId, Sequence[PartitionColumn]] | None = None,
         retention_hours: Mapping[TableId, float] | None = None,
@@ -120,6 +121,8 @@ class DeltaSink:
         self._opts = dict(storage_options or {})
         self._soft = frozenset(soft_delete)
         self._file_size = target_file_size
+        self._file_sizes = {t: n for t, n in (file_sizes or {}).items() if n}  # per-table overrides
+        self._sized: set[TableId] = set()  # tables whose delta.targetFileSize was checked
         self._tables: dict[TableId, DeltaTable] = {}
         # partition_by per table (README "Partitioning"); a table not named is not partitioned
         self._parts = {t: tuple(p) for t, p in (partitions or {}).items() if p}
@@ -323,7 +326,7 @@ class DeltaSink:
                 props,
                 mode="append" if append else "overwrite",
                 predicate=predicate,
-                file_size=self._file_size,
+                file_size=self._target_size(table),
             )
         except (DeltaError, OSError) as exc:
             if source_failed:  # reading failed, not writing: the source's error says what to do
@@ -436,12 +439,53 @@ class DeltaSink:
 
     def _configuration(self, table: TableId) -> dict[str, str | None] | None:
         conf: dict[str, str | None] = {}
-        if self._file_size:
-            conf["delta.targetFileSize"] = str(self._file_size)
+        if size := self._target_size(table):
+            conf["delta.targetFileSize"] = str(size)
         if (hours := self._retention.get(table)) is not None:  # maintenance: other writers agree
             conf.update(retention_properties(hours))
         conf.update(feed_properties(self._feed is not None and table in self._feed))
         return conf or None
+
+    def _target_size(self, table: TableId) -> int | None:
+        """The table's data file size: its ``[[tables]]`` override, else ``[target]``'s (None: delta-rs')."""
+        return self._file_sizes.get(table, self._file_size)
+
+    def _follow_file_size(self, table: TableId, dt: DeltaTable) -> None:
+        """Once per process, set the table's ``delta.targetFileSize`` to the configured size if it
+        differs: a merge takes its output file size from the table, not from a parameter."""
+        if table in self._sized:
+            return
+        want = self._target_size(table)
+        if want and dt.metadata().configuration.get("delta.targetFileSize") != str(want):
+            if dt.protocol().min_reader_version >= 3:
+                # delta-rs 1.6.6's set_table_properties would add the reader feature variantType
+                # to a table-features table, which Delta readers before 4.0 refuse
+                logger.warning(
+                    "target file size not changed: %s is at Delta reader version 3 (table features), "
+                    "where changing a property would make it unreadable to older Delta readers; "
+                    "re-sync the table to write it with the new size (cdc-replicator --config FILE "
+                    "snapshot --table %s) table=%s bytes=%d",
+                    table,
+                    table,
+                    table,
+                    want,
+                )
+                self._sized.add(table)
+                return
+            try:
+                dt.alter.set_table_properties(
+                    {"delta.targetFileSize": str(want)},
+                    commit_properties=CommitProperties(custom_metadata={"cdc.op": "file-size"}),
+                )
+                dt.update_incremental()
+            except (DeltaError, OSError) as exc:
+                self._tables.pop(table, None)
+                context = f"setting the target file size of {table} failed"
+                raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+                    f"{context}: {exc}", retryable=True
+                ) from exc
+            logger.info("target file size set table=%s bytes=%d", table, want)
+        self._sized.add(table)
 
     # ---- streaming -----------------------------------------------------------------------
 
@@ -471,6 +515,7 @@ class DeltaSink:
                 return None
             if held is not None and held.lsn > position.lsn:
                 position = TablePosition(held.lsn, position.partial)  # never move a position backwards
+        self._follow_file_size(table, dt)  # before ``before`` below: a no-op merge is told by the version
         soft = table in self._soft
         old_keys = moved_keys(patch)
         moved_rows = None if old_keys is None or patch.truncate else rows_at(dt, patch.schema, old_keys)
@@ -610,7 +655,7 @@ class DeltaSink:
                     mode="overwrite",
                     schema_mode="overwrite",
                     storage_options=self._opts or None,
-                    target_file_size=self._file_size,
+                    target_file_size=self._target_size(table),
                     commit_properties=CommitProperties(custom_metadata={"cdc.op": "evolve-widen"}),
                 )
                 done += [f"widened {n} to {f.type}" for n, f in wider.items()]
