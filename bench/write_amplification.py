@@ -136,12 +136,13 @@ class Scenario:
 
 
 def maintain(uri: str) -> float:
-    """ONE maintenance pass with direct deltalake calls; returns its seconds.
+    """ONE maintenance pass with direct deltalake calls, the steps of ``cdc-replicator maintain``;
+    returns its seconds.
 
-    Stand-in for helper A's ``cdc-replicator maintain`` (not on this branch): compact small files,
-    vacuum every removed file now (retention 0, so the figure is the floor a pass reaches once the
-    retention has passed), checkpoint, drop expired log files. Replace the body by a call of
-    ``maintain`` at merge time.
+    Compact small files, vacuum every removed file now, checkpoint, drop expired log files. The
+    retention is 0 — the floor a pass reaches once the retention has passed — which ``maintain``
+    does not take (``retention_hours`` is positive; and on a table at reader version 3 it vacuums by
+    whole hours): hence the direct calls.
     """
     started = time.perf_counter()
     dt = DeltaTable(uri)
