@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Field, QueryBuilder, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from cdc_replicator.errors import ConfigError, ReplicatorError, SinkError
+from cdc_replicator.errors import ReplicatorError, SinkError
 from cdc_replicator.model import (
     KeyRange,
     Lsn,
@@ -33,7 +33,6 @@ from cdc_replicator.model import (
     WatermarkPosition,
 )
 from cdc_replicator.sink import ApplyResult, ChunkWritten, ToastReader
-from cdc_replicator.sink.feed import enable_feed, feed_enabled, feed_properties, note_feed_left_on
 from cdc_replicator.sink.maintenance import LakeHealth, MaintenanceResult, lake_health, maintain_table
 from cdc_replicator.sink.merge import keys_present, merge, rows_at
 from cdc_replicator.sink.offsets import (
@@ -55,8 +54,9 @@ from cdc_replicator.sink.plan import (
     toast_gaps,
     typed_columns,
 )
+from cdc_replicator.sink.properties import TableProperties
 from cdc_replicator.sink.storage import storage_error
-from cdc_replicator.sink.upkeep import MaintenanceSettings, retention_properties
+from cdc_replicator.sink.upkeep import MaintenanceSettings
 from cdc_replicator.types import arrow_type
 from cdc_replicator.types.partitions import PartitionColumn
 
@@ -112,7 +112,6 @@ class DeltaSink:
         retention_hours: Mapping[TableId, float] | None = None,
         change_data_feed: Iterable[TableId] | None = None,
     ) -> None:
-        self._retention = dict(retention_hours or {})  # set as table properties at creation
         self._locks: dict[TableId, threading.RLock] = {}
         self._locks_guard = threading.Lock()
         self._toast = toast_reader  # where unchanged TOAST values come from when Delta lost the row
@@ -120,15 +119,15 @@ class DeltaSink:
         self._slot = slot
         self._opts = dict(storage_options or {})
         self._soft = frozenset(soft_delete)
-        self._file_size = target_file_size
-        self._file_sizes = {t: n for t, n in (file_sizes or {}).items() if n}  # per-table overrides
-        self._sized: set[TableId] = set()  # tables whose delta.targetFileSize was checked
         self._tables: dict[TableId, DeltaTable] = {}
-        # partition_by per table (README "Partitioning"); a table not named is not partitioned
-        self._parts = {t: tuple(p) for t, p in (partitions or {}).items() if p}
-        # tables whose change data feed is on (sink.feed); None: leave the property alone (status, verify)
-        self._feed = None if change_data_feed is None else frozenset(change_data_feed)
-        self._feed_left_on: set[TableId] = set()  # said once per table
+        # file sizes, retention, the feed, partition_by: what each table is configured to be
+        self._layout = TableProperties(
+            file_size=target_file_size,
+            file_sizes=file_sizes,
+            retention_hours=retention_hours,
+            change_data_feed=change_data_feed,
+            partitions=partitions,
+        )
 
     # ---- addressing ----------------------------------------------------------------------
 
@@ -167,21 +166,14 @@ class DeltaSink:
 
     def _check_feed(self, table: TableId, dt: DeltaTable) -> None:
         """Switch the change data feed on where the config asks and the table lacks it (once per open)."""
-        if self._feed is None:
-            return
-        wanted, has = table in self._feed, feed_enabled(dt)
-        if wanted and not has:
-            try:
-                enable_feed(dt, table)
-            except (DeltaError, OSError) as exc:
-                self._tables.pop(table, None)
-                context = f"enabling the change data feed of {table} failed"
-                raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
-                    f"{context}: {exc}", retryable=True
-                ) from exc
-        elif has and not wanted and table not in self._feed_left_on:
-            self._feed_left_on.add(table)
-            note_feed_left_on(table)
+        try:
+            self._layout.follow_feed(table, dt)
+        except (DeltaError, OSError) as exc:
+            self._tables.pop(table, None)
+            context = f"enabling the change data feed of {table} failed"
+            raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+                f"{context}: {exc}", retryable=True
+            ) from exc
 
     # ---- positions -----------------------------------------------------------------------
 
@@ -265,7 +257,7 @@ class DeltaSink:
         table = schema.table
         soft = table in self._soft
         tschema = self._target_schema(schema)
-        parts = self._parts.get(table, ())
+        parts = self._layout.partitions(table)
         counted = [0, 0]  # rows, Arrow bytes (uncompressed data written)
 
         constants = [
@@ -326,7 +318,7 @@ class DeltaSink:
                 props,
                 mode="append" if append else "overwrite",
                 predicate=predicate,
-                file_size=self._target_size(table),
+                file_size=self._layout.target_size(table),
             )
         except (DeltaError, OSError) as exc:
             if source_failed:  # reading failed, not writing: the source's error says what to do
@@ -397,7 +389,7 @@ class DeltaSink:
                 schema_mode="overwrite",
                 partition_by=self.partition_columns(table),  # [] un-partitions a re-synced table
                 storage_options=opts,
-                configuration=self._configuration(table),
+                configuration=self._layout.at_creation(table),
                 commit_properties=props,
             )
         else:
@@ -413,79 +405,29 @@ class DeltaSink:
 
     def _target_schema(self, schema: TableSchema) -> pa.Schema:
         table = schema.table
-        return target_schema(schema, soft_delete=table in self._soft, partitions=self._parts.get(table, ()))
+        return target_schema(
+            schema, soft_delete=table in self._soft, partitions=self._layout.partitions(table)
+        )
 
     def partition_columns(self, table: TableId) -> list[str]:
         """The Delta columns ``table`` is to be partitioned by (``partition_by``; [] none)."""
-        return [p.name for p in self._parts.get(table, ())]
+        return self._layout.partition_columns(table)
 
     def check_partitioning(self, table: TableId) -> None:
-        """Refuse to write an existing table whose partition columns are not ``partition_by``'s.
-
-        Delta cannot re-partition files in place: the table is written anew by a re-sync.
-        """
+        """Refuse to write an existing table whose partition columns are not ``partition_by``'s."""
         dt = self._open(table)
-        if dt is None:
-            return
-        have = list(dt.metadata().partition_columns)
-        want = self.partition_columns(table)
-        if have != want:
-            raise ConfigError(
-                f"config: {table}: partition_by asks for partition columns [{', '.join(want)}] but its "
-                f"Delta table at {self.uri(table)} is partitioned by [{', '.join(have)}]",
-                hint=f"re-sync the table to re-create it with the new partitioning: cdc-replicator "
-                f"--config FILE snapshot --table {table} (or restore the old partition_by)",
-            )
-
-    def _configuration(self, table: TableId) -> dict[str, str | None] | None:
-        conf: dict[str, str | None] = {}
-        if size := self._target_size(table):
-            conf["delta.targetFileSize"] = str(size)
-        if (hours := self._retention.get(table)) is not None:  # maintenance: other writers agree
-            conf.update(retention_properties(hours))
-        conf.update(feed_properties(self._feed is not None and table in self._feed))
-        return conf or None
-
-    def _target_size(self, table: TableId) -> int | None:
-        """The table's data file size: its ``[[tables]]`` override, else ``[target]``'s (None: delta-rs')."""
-        return self._file_sizes.get(table, self._file_size)
+        if dt is not None:
+            self._layout.check_partitioning(table, dt, self.uri(table))
 
     def _follow_file_size(self, table: TableId, dt: DeltaTable) -> None:
-        """Once per process, set the table's ``delta.targetFileSize`` to the configured size if it
-        differs: a merge takes its output file size from the table, not from a parameter."""
-        if table in self._sized:
-            return
-        want = self._target_size(table)
-        if want and dt.metadata().configuration.get("delta.targetFileSize") != str(want):
-            if dt.protocol().min_reader_version >= 3:
-                # delta-rs 1.6.6's set_table_properties would add the reader feature variantType
-                # to a table-features table, which Delta readers before 4.0 refuse
-                logger.warning(
-                    "target file size not changed: %s is at Delta reader version 3 (table features), "
-                    "where changing a property would make it unreadable to older Delta readers; "
-                    "re-sync the table to write it with the new size (cdc-replicator --config FILE "
-                    "snapshot --table %s) table=%s bytes=%d",
-                    table,
-                    table,
-                    table,
-                    want,
-                )
-                self._sized.add(table)
-                return
-            try:
-                dt.alter.set_table_properties(
-                    {"delta.targetFileSize": str(want)},
-                    commit_properties=CommitProperties(custom_metadata={"cdc.op": "file-size"}),
-                )
-                dt.update_incremental()
-            except (DeltaError, OSError) as exc:
-                self._tables.pop(table, None)
-                context = f"setting the target file size of {table} failed"
-                raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
-                    f"{context}: {exc}", retryable=True
-                ) from exc
-            logger.info("target file size set table=%s bytes=%d", table, want)
-        self._sized.add(table)
+        try:
+            self._layout.follow_file_size(table, dt)
+        except (DeltaError, OSError) as exc:
+            self._tables.pop(table, None)
+            context = f"setting the target file size of {table} failed"
+            raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+                f"{context}: {exc}", retryable=True
+            ) from exc
 
     # ---- streaming -----------------------------------------------------------------------
 
@@ -525,7 +467,7 @@ class DeltaSink:
             soft_delete=soft,
             moved_rows=moved_rows,
             target=self._arrow_schema(dt),
-            partitions=self._parts.get(table, ()),
+            partitions=self._layout.partitions(table),
         )
         _report(table, plan.notes)
         props = self._props(table, position, {"cdc.batch": str(batch_id), **(metadata or {})})
@@ -655,7 +597,7 @@ class DeltaSink:
                     mode="overwrite",
                     schema_mode="overwrite",
                     storage_options=self._opts or None,
-                    target_file_size=self._target_size(table),
+                    target_file_size=self._layout.target_size(table),
                     commit_properties=CommitProperties(custom_metadata={"cdc.op": "evolve-widen"}),
                 )
                 done += [f"widened {n} to {f.type}" for n, f in wider.items()]
