@@ -16,7 +16,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.support.daemon import Daemon, run_cli, wait_converged, write_config
-from tests.support.lake import table_path
+from tests.support.lake import retrying, table_path
 from tests.support.pg import PgDatabase, versions_from_env
 from tests.support.wait import wait_until
 
@@ -65,7 +65,7 @@ def test_a_live_resync_repairs_missing_rows_the_stream_updates_in_the_window_tak
     daemon.start(failpoints="resync_window=1:sleep3")
     wait_converged(pg, tmp_lake, [T], daemon=daemon)
     missing = [i for i in range(1, ROWS + 1) if i % 25 == 0]  # 8 rows
-    DeltaTable(str(table_path(tmp_lake, T))).delete("id % 25 = 0")
+    retrying(lambda: DeltaTable(str(table_path(tmp_lake, T))).delete("id % 25 = 0"))
 
     result: list[CompletedProcess[str]] = []
     snapshot = threading.Thread(

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import TableNotFoundError
 
 from tests.support.cli import refusal
 from tests.support.daemon import Daemon, run_cli, wait_converged, write_config
-from tests.support.lake import delta_rows, table_path
+from tests.support.lake import delta_rows, retrying, table_path
 from tests.support.pg import PgDatabase, versions_from_env
 from tests.support.wait import wait_until
 
@@ -87,18 +86,6 @@ def _items_equal(pg: PgDatabase, lake: Path) -> bool:
     return have == sorted(pg.query("select id, v, n from items"))
 
 
-def _retrying(write: Callable[[], object]) -> None:
-    """A write behind the daemon's back, again when it met one of the daemon's commits."""
-    for attempt in range(20):
-        try:
-            write()
-            return
-        except CommitFailedError:
-            if attempt == 19:
-                raise
-            time.sleep(0.2)
-
-
 def _make_tables(pg: PgDatabase) -> list[str]:
     pg.execute("create table items (id bigint primary key, v text, n numeric(12,2), secret text)")
     pg.execute("insert into items select g, 'v' || g, g * 1.5, 'hidden' from generate_series(1, 3000) g")
@@ -138,11 +125,11 @@ def test_verify_proves_equal_under_a_live_workload_finds_tampered_rows_and_repai
     # behind the daemon's back: a row deleted, a row added, a row altered
     items = str(table_path(tmp_lake, "public.items"))
     wait_until(lambda: _items_equal(pg, tmp_lake), timeout=60, message="items did not settle")
-    _retrying(lambda: DeltaTable(items).delete("id = 5"))
+    retrying(lambda: DeltaTable(items).delete("id = 5"))
     stray = DeltaTable(items).to_pyarrow_table(filters=[("id", "=", 6)])
     stray = stray.set_column(stray.schema.get_field_index("id"), "id", pa.array([-42], pa.int64()))
-    _retrying(lambda: write_deltalake(items, stray, mode="append"))
-    _retrying(lambda: DeltaTable(items).update(updates={"v": "'tampered'"}, predicate="id = 7"))
+    retrying(lambda: write_deltalake(items, stray, mode="append"))
+    retrying(lambda: DeltaTable(items).update(updates={"v": "'tampered'"}, predicate="id = 7"))
 
     with _Writer(pg):
         found = run_cli(daemon.config, "verify", timeout=120)
@@ -313,8 +300,8 @@ def test_in_watermark_mode_verify_proves_a_polled_table_equal_under_writes_and_f
     assert "table public.items: rows=" in clean.stdout and "-> equal" in clean.stdout
 
     items = str(table_path(tmp_lake, "public.items"))
-    _retrying(lambda: DeltaTable(items).update(updates={"v": "'tampered'"}, predicate="id = 3"))
-    _retrying(lambda: DeltaTable(items).delete("id = 4"))
+    retrying(lambda: DeltaTable(items).update(updates={"v": "'tampered'"}, predicate="id = 3"))
+    retrying(lambda: DeltaTable(items).delete("id = 4"))
     found = run_cli(daemon.config, "verify", timeout=120)
     refusal(found, 8)
     assert "missing=1 extra=0 differing=1" in found.stdout and "  missing: id=4" in found.stdout, found.stdout

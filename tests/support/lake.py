@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -10,12 +12,26 @@ from typing import Any
 
 import pyarrow as pa
 from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from psycopg import sql
 
 from tests.support.pg import PgDatabase
 
 __all__ = ["delta_rows", "diff_tables", "source_rows", "table_path"]
+
+
+def retrying(write: Callable[[], object]) -> None:
+    """A write behind the daemon's back, run again when it met one of the daemon's commits (a batch,
+    or a maintenance pass: the daemon compacts a table right after it starts) — as any other writer
+    of a shared Delta table re-runs a transaction that lost its commit."""
+    for attempt in range(20):
+        try:
+            write()
+            return
+        except CommitFailedError:
+            if attempt == 19:
+                raise
+            time.sleep(0.2)
 
 
 def table_path(lake: Path, table: str) -> Path:
