@@ -171,9 +171,13 @@ class DeltaSink:
         except (DeltaError, OSError) as exc:
             self._tables.pop(table, None)
             context = f"enabling the change data feed of {table} failed"
-            raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
-                f"{context}: {exc}", retryable=True
-            ) from exc
+            raise self._failed(table, context, exc) from exc
+
+    def _failed(self, table: TableId, context: str, exc: BaseException) -> ReplicatorError:
+        """The error of a failed Delta call on ``table``: a storage fault by errno, else a retryable SinkError."""
+        return storage_error(exc, context=context, path=self.uri(table)) or SinkError(
+            f"{context}: {exc}", retryable=True
+        )
 
     # ---- positions -----------------------------------------------------------------------
 
@@ -350,9 +354,7 @@ class DeltaSink:
             self._write(table, tschema.empty_table(), props, mode="append")
         except (DeltaError, OSError) as exc:
             context = f"recording the load position of {table} failed"
-            raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
-                f"{context}: {exc}", retryable=True
-            ) from exc
+            raise self._failed(table, context, exc) from exc
         self._tables.pop(table, None)
 
     def _write(
@@ -425,9 +427,7 @@ class DeltaSink:
         except (DeltaError, OSError) as exc:
             self._tables.pop(table, None)
             context = f"setting the target file size of {table} failed"
-            raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
-                f"{context}: {exc}", retryable=True
-            ) from exc
+            raise self._failed(table, context, exc) from exc
 
     # ---- streaming -----------------------------------------------------------------------
 
@@ -611,9 +611,7 @@ class DeltaSink:
         except (DeltaError, OSError) as exc:
             self._tables.pop(table, None)
             context = f"evolving the Delta table of {table} failed"
-            raise storage_error(exc, context=context, path=self.uri(table)) or SinkError(
-                f"{context}: {exc}", retryable=True
-            ) from exc
+            raise self._failed(table, context, exc) from exc
         self._tables.pop(table, None)
         return done
 
